@@ -1,0 +1,100 @@
+"""The feature dashboard (step 5) in a real browser: headless Chromium opens index.html from a file:// URL.
+
+Builds a fixture experiment (binding_sae.visualize.write_fixture_experiment), runs visualize_step, and checks that the
+page loads without console errors, shows at least the catalog's number of feature rows, embeds every image, fetches
+nothing from the network, sorts its table, and leaves a screenshot in tests/artifacts/dashboard.png (not committed).
+"""
+import json, os, shutil, tempfile
+from pathlib import Path
+
+import pytest
+
+from binding_sae.config import config_from_dict
+from binding_sae.visualize import visualize_step, write_fixture_experiment
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    exp = write_fixture_experiment(tmp_path_factory.mktemp("dash") / "fixture", n_features=3, n_examples=3, n_scenes=8)
+    counts = visualize_step(config_from_dict({}), exp)
+    return exp, counts
+
+
+@pytest.fixture(scope="module")
+def browser():
+    for exe in (CHROMIUM, CHROMEDRIVER):
+        if not Path(exe).exists():
+            pytest.fail(f"{exe} is missing: install it with `apt-get install -y chromium chromium-driver`")
+    os.environ.setdefault("SE_AVOID_STATS", "true")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    profile = tempfile.mkdtemp(prefix="bsae-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+              "--window-size=1280,900", "--hide-scrollbars"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try: yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _severe(driver):
+    return [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+
+
+def test_dashboard_in_chromium(dashboard, browser):
+    exp, counts = dashboard
+    page = exp / "feature_dashboard" / "index.html"
+    n_catalog = len(json.loads((exp / "feature_catalog.json").read_text())["features"])
+    browser.get(page.resolve().as_uri())
+    assert browser.execute_script("return document.readyState") == "complete"
+    assert _severe(browser) == [], "console errors while loading the dashboard"
+
+    rows = browser.find_elements("css selector", "table#features tbody tr")
+    assert len(rows) >= n_catalog == counts["n_features"]
+    assert len(browser.find_elements("css selector", "section.panel")) == n_catalog
+    # every image is embedded and decoded; nothing points at the network
+    imgs = browser.execute_script("return Array.from(document.images).map(i => [i.src.slice(0, 5), i.complete && i.naturalWidth > 0])")
+    assert len(imgs) == counts["n_examples"] and all(src == "data:" and ok for src, ok in imgs), imgs
+    remote = browser.execute_script(
+        "return Array.from(document.querySelectorAll('[src],[href]')).map(e => e.getAttribute('src') || e.getAttribute('href'))"
+        ".filter(u => /^(https?:)?\\/\\//.test(u))")
+    assert remote == []
+    # per-token highlighting carries the value in its title; tracked objects are outlined
+    assert browser.find_elements("css selector", "span.tok.peak[title]")
+    assert browser.find_elements("css selector", ".scene .box.tracked")
+    # boxes sit on their image: the scene is exactly as tall as its image, so percent boxes stay inside it
+    outside = browser.execute_script("""
+        return Array.from(document.querySelectorAll('.scene')).filter(s => {
+          const i = s.querySelector('img').getBoundingClientRect(), r = s.getBoundingClientRect();
+          return Math.abs(r.height - i.height) > 1 || Array.from(s.querySelectorAll('.box')).some(b => {
+            const x = b.getBoundingClientRect();
+            return x.left < i.left - 1 || x.top < i.top - 1 || x.right > i.right + 1 || x.bottom > i.bottom + 1; });
+        }).length""")
+    assert outside == 0, f"{outside} images with boxes outside them"
+
+    # the script works: sorting by feature id (ascending), then a row click opens its panel
+    ids = lambda: [r.find_elements("css selector", "td")[1].text for r in browser.find_elements("css selector", "table#features tbody tr")]
+    browser.find_element("css selector", 'th[data-col="1"]').click()
+    assert ids() == sorted(ids(), key=int)
+    browser.find_elements("css selector", "table#features tbody tr")[0].find_elements("css selector", "td")[5].click()
+    assert browser.execute_script("return location.hash") == f"#f{ids()[0]}"
+    browser.execute_script("window.scrollTo(0, 0); location.hash = '';")
+    browser.find_element("css selector", 'th[data-col="0"]').click()  # back to rank order for the screenshot
+    assert _severe(browser) == [], "console errors while using the dashboard"
+
+    # screenshot of the whole page (kept as a test artefact)
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, min(int(height) + 120, 6000))
+    browser.execute_script("window.scrollTo(0, 0)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
