@@ -21,7 +21,7 @@ def results_table(exp) -> str:
     for c in r["conditions"]:
         if not c.get("n_questions"): continue
         f = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"
-        out.append(f"| {c['condition']} | {c['n_questions']} | {f(c['mean_baseline'])} | {f(c['mean_effect'])} "
+        out.append(f"| {c['condition'].replace('|', ' / ')} | {c['n_questions']} | {f(c['mean_baseline'])} | {f(c['mean_effect'])} "
                    f"[{f(c['ci_low'])}, {f(c['ci_high'])}] | {f(c['relative_drop'])} | {f(c['permutation_p'], 4)} | "
                    f"{f(c['holm_p'], 4)} | {f(c['random_drop_fraction_below_10pct'], 2)} | {c['hypothesis_supported']} |")
     out += ["", f"Verdict: {r['summary']['verdict']}"]
