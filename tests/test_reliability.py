@@ -533,7 +533,8 @@ def test_folder_of_another_config_force(tmp_path, tiny_cfg):
     with pytest.raises(UserError, match="different config"): prepare_experiment(b, exp)
     prepare_experiment(b, exp, force=True)
     assert yaml.safe_load((exp / "config.yaml").read_text())["sae"]["k"] == 8
-    assert not (exp / "train.done.json").exists()
+    from binding_sae.config import step_done
+    assert not step_done(exp, "train", b)  # the old config's finished step does not count for the new one
     prepare_experiment(b, exp)  # now it is b's folder
 
 def _enospc(*a, **k): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
