@@ -150,6 +150,8 @@ class DatasetConfig:
     control_task_types: list[str] = field(default_factory=lambda: ["control"])  # control task labels
     relation_dataset: str | None = None     # CSV of relation questions (None = refined_dataset)
     relation_task_types: list[str] = field(default_factory=lambda: ["relation"])  # relation task labels
+    readout_dataset: str | None = None      # CSV of answer-readout controls: questions with the binding task's answers that need no binding (None = refined_dataset)
+    readout_task_types: list[str] = field(default_factory=lambda: ["color_single"])  # answer-readout control task labels
     split_fractions: dict[str, float] = field(default_factory=lambda: {"sae_train": 0.6, "select": 0.2, "test": 0.2})  # split by image id
     split_seed: int = 0                     # seed of the image-id split
     max_questions: int | None = None        # cap per task (None = all)
@@ -168,7 +170,8 @@ class FeatureIdentificationConfig:
     top_k: int = 50                         # features kept in the catalog
     min_firing_rate: float = 0.01           # latents firing on fewer questions cannot be selected
     min_group_size: int = 10                # smallest correct / incorrect group that is compared
-    n_verify: int = 20                      # top candidates verified by patching
+    n_verify: int = 64                      # candidates (best by the score, then by activation) measured by patching on select
+    selection: str = "greedy"               # greedy (add the candidate with the largest measured marginal drop, one at a time) | ranked (top_k by the score)
     batch_size: int = 32                    # questions per forward
     fallback: dict | None = None            # old pipeline's key (ignored)
 
@@ -177,10 +180,12 @@ class AblationConfig:
     position_type: str = "attribute"        # attribute | question | all | last
     mode: str = "residual"                  # residual (subtract delta_scale × decoded contribution) | replace
     delta_scale: float = 1.0                # multiple of the decoded contribution removed (residual mode)
-    n_random_features: int = 100            # matched random feature sets (permutation null)
+    n_random_features: int = 1000           # matched random feature sets (permutation null)
+    baselines: list[str] = field(default_factory=lambda: ["top_mean_activation", "top_firing_rate", "top_decoded_norm", "best_random_on_select"])  # trivial same-size sets chosen on select that the selected set must beat
+    ceiling: bool = True                    # also remove everything at the positions (all latents in replace mode; the residual zeroed)
     n_bootstrap: int = 1000                 # bootstrap resamples for confidence intervals
     match_bins: int = 5                     # quantile bins for matching firing rate and decoded norm
-    control_tasks: list[str] = field(default_factory=lambda: ["control", "relation"])  # task-specificity controls
+    control_tasks: list[str] = field(default_factory=lambda: ["control", "relation", "readout"])  # specificity controls (readout: answer readout without binding)
     batch_size: int = 64                    # conditions per suffix forward
 
 @dataclass
@@ -201,6 +206,8 @@ class EvaluationConfig:
     primary_metric: str = "logit_diff"      # logit_diff | pred_token_prob | gt_token_prob
     significance_level: float = 0.05        # alpha for Holm-corrected permutation p
     min_relative_drop: float = 0.1          # smallest relative drop of the primary metric that counts as support (pre-registered effect size)
+    max_match_smd: float = 0.25             # largest |standardized mean difference| of the random sets' matching statistics that still counts as matched
+    readout_max_share: float = 0.5          # a set whose drop comes more than this share from one answer value is answer readout
     logprob_normalize: bool | None = None   # old pipeline's key (ignored)
 
 @dataclass
@@ -257,6 +264,7 @@ CHOICES = {
     "feature_identification.score": ("binding", "smd", "auroc"),
     "ablation.position_type": ("attribute", "question", "all", "last"),
     "ablation.mode": ("residual", "replace"),
+    "feature_identification.selection": ("greedy", "ranked"),
     "evaluation.primary_metric": ("logit_diff", "pred_token_prob", "gt_token_prob"),
     "model.attn_implementation": ("eager", "sdpa", "flash_attention_2"),
     "training.dtype": ("float32", "bfloat16"),

@@ -18,7 +18,7 @@ from .data import load_questions, split_by_image, DataError
 
 # %% ../nbs/17_experiment.ipynb #19c379bd
 log = logging.getLogger(__name__)
-ROLES = ("binding", "control", "relation")
+ROLES = ("binding", "control", "relation", "readout")
 SPLITS = ("sae_train", "select", "test")
 
 # %% ../nbs/17_experiment.ipynb #a65d43fe
@@ -33,12 +33,13 @@ def ensure_world(cfg:Config) -> None:
 
 # %% ../nbs/17_experiment.ipynb #c5737cfc
 def role_questions(cfg:Config, role:str) -> pd.DataFrame:
-    "The questions of one role (binding | control | relation) from the config's dataset section."
+    "The questions of one role (binding | control | relation | readout) from the config's dataset section."
     d = cfg.dataset
     if d.refined_dataset is None: raise UserError(f"dataset.refined_dataset is not set in {cfg.source}: name the question CSV.")
     csv = {"binding": d.refined_dataset, "control": d.control_dataset or d.refined_dataset,
-           "relation": d.relation_dataset or d.refined_dataset}[role]
-    tasks = {"binding": d.task_types, "control": d.control_task_types, "relation": d.relation_task_types}[role]
+           "relation": d.relation_dataset or d.refined_dataset, "readout": d.readout_dataset or d.refined_dataset}[role]
+    tasks = {"binding": d.task_types, "control": d.control_task_types, "relation": d.relation_task_types,
+             "readout": d.readout_task_types}[role]
     df = load_questions(cfg.path(csv), cfg.path(d.image_folder), tasks, max_questions=d.max_questions)
     return df.assign(role=role)
 
