@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_config.ipynb #b7ae7a9e
 from __future__ import annotations
-import dataclasses, difflib, errno, hashlib, json, os, tempfile, warnings
+import dataclasses, difflib, errno, hashlib, json, os, re, secrets, socket, sys, tempfile, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
@@ -12,13 +12,15 @@ from typing import Any, get_type_hints, get_origin, get_args, Union
 import types
 
 # %% auto #0
-__all__ = ['IGNORED_KEYS', 'MODEL_ALIASES', 'METRIC_ALIASES', 'CHOICES', 'UserError', 'ConfigError', 'DiskFullError',
-           'IgnoredKeyWarning', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text', 'to_json',
-           'atomic_write_json', 'ModelConfig', 'SAEConfig', 'TrainingConfig', 'HarvestConfig', 'ExperimentConfig',
-           'WorldConfig', 'DatasetConfig', 'FeatureIdentificationConfig', 'AblationConfig', 'KnockoutConfig',
-           'EvaluationConfig', 'Config', 'project_root', 'config_from_dict', 'load_config', 'config_reference',
-           'config_hash', 'resolve_experiment_dir', 'resolve_device', 'resolve_dtype', 'package_versions',
-           'save_config', 'prepare_experiment', 'read_step_json', 'step_done', 'mark_done']
+__all__ = ['IGNORED_KEYS', 'MODEL_ALIASES', 'METRIC_ALIASES', 'CHOICES', 'RANGES', 'LOCK_NAME', 'UserError', 'ConfigError',
+           'DiskFullError', 'IgnoredKeyWarning', 'not_writable', 'atomic_path', 'atomic_write_bytes',
+           'atomic_write_text', 'to_json', 'atomic_write_json', 'ModelConfig', 'SAEConfig', 'TrainingConfig',
+           'HarvestConfig', 'ExperimentConfig', 'WorldConfig', 'DatasetConfig', 'FeatureIdentificationConfig',
+           'AblationConfig', 'KnockoutConfig', 'EvaluationConfig', 'Config', 'out_of_range', 'project_root',
+           'read_yaml', 'config_from_dict', 'load_config', 'config_reference', 'config_hash', 'resolve_experiment_dir',
+           'resolve_device', 'resolve_dtype', 'package_versions', 'save_config', 'check_experiment_dir',
+           'prepare_experiment', 'read_step_json', 'step_done', 'mark_done', 'FolderLockedError', 'lock_holder',
+           'experiment_lock']
 
 # %% ../nbs/10_config.ipynb #c1dc8e04
 import yaml
@@ -37,6 +39,13 @@ class IgnoredKeyWarning(UserWarning):
     "A key of the old pipeline's configs that binding_sae reads but does not use."
 
 # %% ../nbs/10_config.ipynb #db73b4b1
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+def not_writable(folder, reason=None) -> UserError:
+    "The error for an output folder this process cannot write."
+    return UserError(f"Cannot write into {folder} ({reason or 'permission denied'}): choose a writable folder with "
+                     "--experiment_dir, or fix its permissions.")
+
 @contextmanager
 def atomic_path(path, # the final file name
                ):
@@ -51,6 +60,7 @@ def atomic_path(path, # the final file name
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp, path)
     except OSError as e:
+        if e.errno in _NOT_WRITABLE: raise not_writable(path.parent, e.strerror) from None
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(f"No space left on the disk of {path.parent} while writing {path.name}: free disk space "
                                 "(or move the experiment with --experiment_dir) and rerun; finished files are kept.") from None
@@ -115,7 +125,7 @@ class TrainingConfig:
     epochs: int = 10                        # passes over the harvested vectors when n_tokens is None
     warmup_steps: int = 50                  # linear learning-rate warm-up
     decay_fraction: float = 0.2             # final fraction of steps with linear decay to 0
-    grad_clip: float = 1.0                  # gradient-norm clip
+    grad_clip: float = 1.0                  # gradient-norm clip (0 = none)
     seed: int = 42                          # seed of SAE init, batching and every random choice of the steps
     dtype: str = "float32"                  # autocast dtype of the SAE step on GPU (bfloat16 | float32)
     checkpoint_every: int = 200             # steps between resumable checkpoints
@@ -152,7 +162,7 @@ class DatasetConfig:
     relation_task_types: list[str] = field(default_factory=lambda: ["relation"])  # relation task labels
     readout_dataset: str | None = None      # CSV of answer-readout controls: questions with the binding task's answers that need no binding (None = refined_dataset)
     readout_task_types: list[str] = field(default_factory=lambda: ["color_single"])  # answer-readout control task labels
-    split_fractions: dict[str, float] = field(default_factory=lambda: {"sae_train": 0.6, "select": 0.2, "test": 0.2})  # split by image id
+    split_fractions: dict[str, float] = field(default_factory=lambda: {"sae_train": 0.6, "select": 0.2, "test": 0.2})  # fraction of the images in each split (they add up to 1)
     split_seed: int = 0                     # seed of the image-id split
     max_questions: int | None = None        # cap per task (None = all)
     world: WorldConfig | None = None        # generate the synthetic world into image_folder's parent when absent
@@ -270,6 +280,30 @@ CHOICES = {
     "training.dtype": ("float32", "bfloat16"),
     "harvest.dtype": ("float16", "bfloat16", "float32"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "ablation.control_tasks": ("control", "relation", "readout"),  # lists: every element is one of these
+    "ablation.baselines": ("top_mean_activation", "top_firing_rate", "top_decoded_norm", "best_random_on_select"),
+}
+
+# %% ../nbs/10_config.ipynb #9b752115
+RANGES = {
+    "model.target_layer": "≥ 0", "model.d_model": "≥ 1",
+    "sae.n_features": "≥ 1", "sae.k": "[1, sae.n_features]", "sae.l1_coeff": "≥ 0", "sae.jumprelu_bandwidth": "> 0",
+    "sae.jumprelu_init_threshold": "≥ 0", "sae.auxk_k": "[1, sae.n_features]", "sae.auxk_coeff": "≥ 0", "sae.dead_tokens": "≥ 1",
+    "training.batch_size": "≥ 1", "training.learning_rate": "> 0", "training.n_tokens": "≥ 1", "training.epochs": "≥ 1",
+    "training.warmup_steps": "≥ 0", "training.decay_fraction": "[0, 1]", "training.grad_clip": "≥ 0", "training.seed": "≥ 0",
+    "training.checkpoint_every": "≥ 1",
+    "harvest.batch_size": "≥ 1", "harvest.layers": "≥ 0", "harvest.shard_size": "≥ 1", "harvest.max_questions": "≥ 1",
+    "dataset.split_fractions": "(0, 1)", "dataset.split_seed": "≥ 0", "dataset.max_questions": "≥ 1",
+    "dataset.world.n_scenes": "≥ 1", "dataset.world.seed": "≥ 0",
+    "feature_identification.min_activation": "≥ 0", "feature_identification.min_diff": "≥ 0",
+    "feature_identification.discrimination_threshold": "> 0", "feature_identification.top_k": "≥ 1",
+    "feature_identification.min_firing_rate": "[0, 1]", "feature_identification.min_group_size": "≥ 1",
+    "feature_identification.n_verify": "≥ 1", "feature_identification.batch_size": "≥ 1",
+    "ablation.delta_scale": "> 0", "ablation.n_random_features": "≥ 1", "ablation.n_bootstrap": "≥ 1",
+    "ablation.match_bins": "≥ 1", "ablation.batch_size": "≥ 1",
+    "knockout.window": "≥ 1", "knockout.layers": "≥ 0", "knockout.max_samples": "≥ 1", "knockout.batch_size": "≥ 1",
+    "evaluation.significance_level": "(0, 1)", "evaluation.min_relative_drop": "≥ 0", "evaluation.max_match_smd": "> 0",
+    "evaluation.readout_max_share": "(0, 1]",
 }
 
 # %% ../nbs/10_config.ipynb #e348ded9
@@ -322,14 +356,58 @@ def _build(cls, data:dict, src, prefix=""):
             hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(prefix + n for n in names)}."
             raise ConfigError(f"Unknown key {full} in {src}: {hint}")
         value = _check_value(value, hints[key], full, src)
-        if full in CHOICES and value not in CHOICES[full] and not (full == "evaluation.primary_metric" and value in METRIC_ALIASES):
-            close = difflib.get_close_matches(str(value), CHOICES[full], n=1, cutoff=0.5)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"{full} in {src} is {value!r}; choose one of {', '.join(CHOICES[full])}{hint}.")
+        for i, v in enumerate(value) if isinstance(value, list) and full in CHOICES else [(None, value)]:
+            if full in CHOICES and v not in CHOICES[full] and not (full == "evaluation.primary_metric" and v in METRIC_ALIASES):
+                close = difflib.get_close_matches(str(v), CHOICES[full], n=1, cutoff=0.5)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                name = full if i is None else f"{full}[{i}]"
+                raise ConfigError(f"{name} in {src} is {v!r}; choose one of {', '.join(CHOICES[full])}{hint}.")
         kwargs[key] = value
     return cls(**kwargs)
 
 # %% ../nbs/10_config.ipynb #301de7db
+_ONE_SIDED = re.compile(r"(≥|>|≤|<) (\S+)")
+_INTERVAL = re.compile(r"([\[(])(\S+), (\S+)([\])])")
+
+def _bound(b:str, cfg):
+    "A range bound: a number, or the value of the setting it names."
+    try: return float(b), b
+    except ValueError: pass
+    v = cfg
+    for part in b.split("."): v = getattr(v, part)
+    return v, f"{b} = {v}"
+
+def out_of_range(value, rng:str, cfg) -> str | None:
+    "None when `value` lies in the range `rng` (see `RANGES`), else the range with the settings it names resolved."
+    if (m := _ONE_SIDED.fullmatch(rng)):
+        b, shown = _bound(m.group(2), cfg)
+        ok = {"≥": value >= b, ">": value > b, "≤": value <= b, "<": value < b}[m.group(1)]
+        return None if ok else f"{m.group(1)} {shown}"
+    m = _INTERVAL.fullmatch(rng)
+    if m is None: raise ValueError(f"malformed range {rng!r}")
+    (lo, lo_s), (hi, hi_s) = _bound(m.group(2), cfg), _bound(m.group(3), cfg)
+    ok = (value >= lo if m.group(1) == "[" else value > lo) and (value <= hi if m.group(4) == "]" else value < hi)
+    return None if ok else f"in {m.group(1)}{lo_s}, {hi_s}{m.group(4)}"
+
+def _get(cfg, key:str):
+    v = cfg
+    for part in key.split("."):
+        if v is None: return None
+        v = getattr(v, part)
+    return v
+
+def _check_ranges(cfg:Config, src):
+    "`ConfigError` naming the first setting outside its range in `RANGES`."
+    for key, rng in RANGES.items():
+        value = _get(cfg, key)
+        items = (value.items() if isinstance(value, dict) else [(f"[{i}]", v) for i, v in enumerate(value)]
+                 if isinstance(value, list) else [("", value)])
+        for sub, v in items:
+            if v is None: continue
+            name = key + (f".{sub}" if isinstance(value, dict) else sub)
+            if (want := out_of_range(v, rng, cfg)) is not None:
+                raise ConfigError(f"{name} in {src} must be {want}, not {v!r}: fix its value.")
+
 def _finish(cfg:Config, src) -> Config:
     if cfg.model.name in MODEL_ALIASES:
         cfg.model.name = MODEL_ALIASES[cfg.model.name]
@@ -337,15 +415,12 @@ def _finish(cfg:Config, src) -> Config:
         new = METRIC_ALIASES[cfg.evaluation.primary_metric]
         warnings.warn(f"evaluation.primary_metric {cfg.evaluation.primary_metric!r} in {src} is read as {new!r}.", IgnoredKeyWarning, stacklevel=2)
         cfg.evaluation.primary_metric = new
+    _check_ranges(cfg, src)
     fr = cfg.dataset.split_fractions
-    if set(fr) != {"sae_train", "select", "test"} or any(v <= 0 for v in fr.values()) or abs(sum(fr.values()) - 1) > 1e-6:
+    if set(fr) != {"sae_train", "select", "test"} or abs(sum(fr.values()) - 1) > 1e-6:
         raise ConfigError(f"dataset.split_fractions in {src} must give positive sae_train, select and test fractions that add up to 1, not {fr}.")
     if cfg.model.prompt_template is not None and "{question}" not in cfg.model.prompt_template:
         raise ConfigError(f"model.prompt_template in {src} must contain {{question}}.")
-    if cfg.model.target_layer < 0:
-        raise ConfigError(f"model.target_layer in {src} must be a layer index ≥ 0, not {cfg.model.target_layer}.")
-    if not 0 < cfg.evaluation.significance_level < 1:
-        raise ConfigError(f"evaluation.significance_level in {src} must lie between 0 and 1.")
     return cfg
 
 # %% ../nbs/10_config.ipynb #e9d844b3
@@ -359,6 +434,31 @@ def project_root(start) -> Path | None:
     for d in [Path(start).resolve(), *Path(start).resolve().parents]:
         if (d / "settings.ini").is_file() and "lib_name = binding_sae" in (d / "settings.ini").read_text(): return d
     return None
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    "YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one silently)."
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for k_node, _ in node.value:
+            k = self.construct_object(k_node, deep=True)
+            if k in seen and k != "<<":
+                raise yaml.constructor.ConstructorError(None, None, f"{k!r} is given twice (first on line {seen[k]})", k_node.start_mark)
+            seen[k] = k_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+def read_yaml(path) -> Any:
+    "Parse a UTF-8 YAML file; `ConfigError` with line and column for a syntax error, a repeated key or a bad encoding."
+    raw = Path(path).read_bytes()
+    try: text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}): save it as UTF-8.") from None
+    try: return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        m = getattr(e, "problem_mark", None)
+        where = f" at line {m.line + 1}, column {m.column + 1}" if m is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where} ({what}): fix the syntax.") from None
 
 def config_from_dict(data:dict|None, src:str="<dict>", overrides:dict|None=None, base_dir=None) -> Config:
     "Check and build a `Config` from a nested mapping plus dotted-key `overrides`."
@@ -374,10 +474,9 @@ def load_config(path, # YAML file
                ) -> Config:
     "Read and check a YAML config; its relative paths are relative to the project root it lies in (else the current folder)."
     path = Path(path)
+    if path.is_dir(): raise ConfigError(f"Config file {path} is a folder: give the YAML file to --config.")
     if not path.is_file(): raise ConfigError(f"Config file {path} does not exist: check the path given to --config.")
-    try: data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): fix the syntax.") from None
+    data = read_yaml(path)
     return config_from_dict(data, str(path), overrides, project_root(path.parent) or Path.cwd())
 
 # %% ../nbs/10_config.ipynb #987e1854
@@ -391,8 +490,8 @@ def _field_comments() -> dict:
     return out
 
 def config_reference() -> str:
-    "A Markdown table of every config key: type, default and meaning (from the field comments)."
-    comments, rows = _field_comments(), ["| key | type | default | meaning |", "|---|---|---|---|"]
+    "A Markdown table of every config key: type, default, valid range and meaning (from the field comments)."
+    comments, rows = _field_comments(), ["| key | type | default | range | meaning |", "|---|---|---|---|---|"]
     for sec in fields(Config):
         if sec.name in ("source", "base_dir"): continue
         cls = get_type_hints(Config)[sec.name]
@@ -402,7 +501,11 @@ def config_reference() -> str:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             if dataclasses.is_dataclass(default): default = asdict(default)
             meaning = comments.get((cls.__name__, f.name), "").replace("|", "\\|")
-            rows.append(f"| `{key}` | {_type_name(get_type_hints(cls)[f.name])} | `{json.dumps(default)}` | {meaning} |")
+            t = get_type_hints(cls)[f.name]
+            rng = RANGES.get(key, "")
+            if rng and {list, dict} & {get_origin(a) for a in (t, *get_args(t))}: rng = "each " + rng
+            rng = rng or "; ".join(f"{k[len(key) + 1:]} {r}" for k, r in RANGES.items() if k.startswith(key + "."))
+            rows.append(f"| `{key}` | {_type_name(t)} | `{json.dumps(default)}` | {rng} | {meaning} |")
     return "\n".join(rows) + "\n"
 
 # %% ../nbs/10_config.ipynb #7abe9215
@@ -448,31 +551,59 @@ def resolve_dtype(dtype="auto", # 'auto', 'bf16'/'bfloat16', 'fp16'/'float16', '
     return getattr(torch, name)
 
 # %% ../nbs/10_config.ipynb #54519ea4
+def _git_commit(folder) -> str | None:
+    "`git describe` of the checkout holding `folder` (commit, `-dirty` with uncommitted changes), or None."
+    import subprocess
+    root = project_root(folder)
+    if root is None or not (root / ".git").exists(): return None
+    try:
+        r = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+                           capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError): return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
 def package_versions() -> dict:
-    "Versions of the packages that shape the numbers."
-    import importlib.metadata as md, platform
-    out = {"python": platform.python_version()}
-    for p in ("binding_sae", "torch", "transformers", "numpy", "scipy", "pandas"):
+    "Versions of the packages that shape the numbers; binding_sae's is that of the code imported (plus its git commit in a source checkout)."
+    import importlib.metadata as md, platform, binding_sae
+    out = {"python": platform.python_version(), "binding_sae": binding_sae.__version__}
+    for p in ("torch", "transformers", "numpy", "scipy", "pandas"):
         try: out[p] = md.version(p)
         except md.PackageNotFoundError: out[p] = None
+    if (commit := _git_commit(Path(binding_sae.__file__).parent)): out["binding_sae_commit"] = commit
     return out
 
 def save_config(cfg:Config, path):
     "Write `cfg` as YAML (atomically)."
     return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=True))
 
+def check_experiment_dir(exp_dir) -> Path:
+    "`exp_dir`, or a `UserError` when it (or a folder above it) is a file, or its nearest existing folder is read-only."
+    exp = Path(exp_dir)
+    for p in [exp, *exp.parents]:
+        if not p.exists(): continue
+        if not p.is_dir():
+            where = "" if p == exp else f" ({p} is a file)"
+            raise UserError(f"The experiment folder {exp} is a file, not a folder{where}: choose another --experiment_dir.")
+        if not os.access(p, os.W_OK | os.X_OK): raise not_writable(p)
+        return exp
+    return exp
+
 def prepare_experiment(cfg:Config, exp_dir, force:bool=False) -> Path:
     "Create `exp_dir` for `cfg`; refuse a folder written by another config unless `force`."
     exp = Path(exp_dir)
     saved = exp / "config.yaml"
+    check_experiment_dir(exp)
     if saved.exists():
-        old = config_from_dict(yaml.safe_load(saved.read_text()), str(saved))
+        old = config_from_dict(read_yaml(saved), str(saved))
         if config_hash(old) != config_hash(cfg) and force:
             (exp / "splits.csv").unlink(missing_ok=True)  # the new config may select or split questions differently
         elif config_hash(old) != config_hash(cfg):
             raise UserError(f"{exp} was written by a different config (hash {config_hash(old)}, now {config_hash(cfg)}): "
                             "use another --experiment_name, or pass --force to overwrite its results.")
-    exp.mkdir(parents=True, exist_ok=True)
+    try: exp.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno in _NOT_WRITABLE: raise not_writable(exp, e.strerror) from None
+        raise
     for tmp in exp.rglob(".*.tmp"): tmp.unlink(missing_ok=True)  # temp files of a run killed mid-write
     if force or not saved.exists(): save_config(cfg, saved)
     return exp
@@ -496,3 +627,94 @@ def mark_done(exp_dir, step:str, cfg:Config, counts:dict|None=None, wall_s:float
     "Record that `step` finished (config hash, versions, counts, wall time)."
     return atomic_write_json(Path(exp_dir) / f"{step}.done.json", dict(
         step=step, config_hash=config_hash(cfg), versions=package_versions(), counts=counts or {}, wall_s=wall_s))
+
+# %% ../nbs/10_config.ipynb #1ff52f24
+class FolderLockedError(UserError):
+    "Another process is writing the experiment folder."
+
+LOCK_NAME = ".binding_sae.lock"  # in the experiment folder while a process writes it
+_LOCK_ENV = "BINDING_SAE_LOCKS"  # JSON {lock path: token} of the locks held by this process or a parent
+_held = {}  # lock path -> depth (this process)
+
+def lock_holder(path) -> dict:
+    "What a lock file says about its holder: pid, host, command, started, token ({} when empty or unreadable)."
+    for _ in range(20):  # a holder writes its details right after taking the lock
+        try: text = Path(path).read_text()
+        except OSError: return {}
+        if text.strip():
+            try: return json.loads(text)
+            except json.JSONDecodeError: return {}
+        time.sleep(0.01)
+    return {}
+
+def _pid_alive(pid:int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except (PermissionError, OverflowError): return True
+    return True
+
+def _command_line() -> str:
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name in ("cli.py", "binding-sae", "__main__.py"): argv[0] = "binding-sae"
+    return " ".join(argv)
+
+def _locked(path, exp) -> FolderLockedError:
+    h = lock_holder(path)
+    pid, host = h.get("pid", "?"), h.get("host")
+    who = f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
+    gone = (" (it has exited; a process it started still holds the lock)"
+            if isinstance(pid, int) and host == socket.gethostname() and not _pid_alive(pid) else "")
+    return FolderLockedError(f"{exp} is in use by another process ({who}: {h.get('command', '?')}, started "
+                             f"{h.get('started', '?')}){gone}: wait for it to finish or stop it; one process writes "
+                             "an experiment folder at a time.")
+
+def _set_env(path, token):
+    locks = json.loads(os.environ.get(_LOCK_ENV) or "{}")
+    if token is None: locks.pop(path, None)
+    else: locks[path] = token
+    if locks: os.environ[_LOCK_ENV] = json.dumps(locks)
+    else: os.environ.pop(_LOCK_ENV, None)
+
+def _take(path:str, exp:Path, command) -> tuple[int, str]:
+    import fcntl
+    while True:
+        try: fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno in _NOT_WRITABLE: raise not_writable(exp, e.strerror) from None
+            raise
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd); raise _locked(path, exp) from None
+        try: same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError: same = False
+        if same: break
+        os.close(fd)  # the holder removed the file between our open and flock: lock the new one
+    info = dict(pid=os.getpid(), host=socket.gethostname(), command=command or _command_line(),
+                started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), token=secrets.token_hex(8))
+    os.ftruncate(fd, 0); os.pwrite(fd, json.dumps(info).encode(), 0)
+    return fd, info["token"]
+
+@contextmanager
+def experiment_lock(exp_dir, # the experiment folder (created when missing)
+                    command:str|None=None, # what this process runs, shown to a second one (default: its command line)
+                   ):
+    "Hold `exp_dir`'s writer lock for the `with` block; `FolderLockedError` when another process holds it."
+    exp = check_experiment_dir(exp_dir)
+    try: exp.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno in _NOT_WRITABLE: raise not_writable(exp, e.strerror) from None
+        raise
+    path = str((exp / LOCK_NAME).resolve())
+    inherited = json.loads(os.environ.get(_LOCK_ENV) or "{}").get(path)
+    if path in _held or (inherited is not None and lock_holder(path).get("token") == inherited):
+        _held[path] = _held.get(path, 0) + 1
+        try: yield exp
+        finally: _held[path] -= 1
+        return
+    fd, token = _take(path, exp, command)
+    _held[path] = 1; _set_env(path, token)
+    try: yield exp
+    finally:
+        del _held[path]; _set_env(path, None)
+        try: os.unlink(path)  # unlink while still holding the flock, then release it
+        finally: os.close(fd)

@@ -208,7 +208,7 @@ CONFIG_CASES = {
     "template_without_question": (None, ["--set", "model.prompt_template=USER <image> ASSISTANT"],
                                   ["model.prompt_template", "{question}"]),
     "negative_layer": (None, ["--set", "model.target_layer=-1"], ["model.target_layer", "≥ 0"]),
-    "significance_level": (None, ["--set", "evaluation.significance_level=1.5"], ["evaluation.significance_level", "between 0 and 1"]),
+    "significance_level": (None, ["--set", "evaluation.significance_level=1.5"], ["evaluation.significance_level", "must be in (0, 1), not 1.5"]),
     "set_without_equals": (None, ["--set", "sae.k"], ["--set", "section.key=value"]),
 }
 
