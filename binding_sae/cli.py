@@ -77,13 +77,14 @@ def _make_world(a):
 def _run(a):
     from binding_sae.pipeline import run_pipeline
     m = run_pipeline(a.config, a.experiment_name, a.experiment_dir, steps=a.steps, engine=a.engine, force=a.force,
-                     skip_train=a.skip_train, sae_checkpoint=a.sae_checkpoint, overrides=_overrides(a.set), dry_run=a.dry_run)
+                     skip_train=a.skip_train, sae_checkpoint=a.sae_checkpoint, overrides=_overrides(a.set), dry_run=a.dry_run,
+                     command=a.command_line)
     print(json.dumps(m, indent=2, sort_keys=True))
 
 def _one_step(a):
     from binding_sae.pipeline import run_pipeline
     run_pipeline(a.config, a.experiment_name, a.experiment_dir, steps=a.command, engine=a.engine, force=a.force,
-                 overrides=_overrides(a.set))
+                 overrides=_overrides(a.set), command=a.command_line)
 
 # %% ../nbs/16_cli.ipynb #686dde70
 def main(argv:list[str]|None=None) -> int:
@@ -94,6 +95,7 @@ def main(argv:list[str]|None=None) -> int:
         fn = toy.toy_train_cli if argv[0] == "toy-train" else toy.toy_eval_cli
         return _guard(lambda: fn(argv[1:]))
     a = build_parser().parse_args(argv)
+    a.command_line = " ".join(["binding-sae", *argv])  # named to a second process on the same experiment folder
     warnings.formatwarning = lambda msg, *args, **kw: f"binding-sae: warning: {msg}\n"
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     handler = {"check-config": _check_config, "make-world": _make_world, "run": _run}.get(a.command, _one_step)

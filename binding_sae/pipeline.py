@@ -14,7 +14,8 @@ __all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'Step', 'get_step', 'parse_steps', 'no
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
 from .config import (Config, UserError, load_config, config_hash, resolve_experiment_dir, prepare_experiment,
-                                step_done, atomic_write_json, package_versions, project_root)
+                                step_done, atomic_write_json, package_versions, project_root, check_experiment_dir,
+                                experiment_lock)
 
 # %% ../nbs/15_pipeline.ipynb #72d7f407
 log = logging.getLogger(__name__)
@@ -88,9 +89,10 @@ class StepFailed(RuntimeError):
 def ensure_before(cfg:Config, exp_dir, step:str) -> None:
     "Run (directly) every earlier pipeline step that has not finished in `exp_dir` with `cfg`."
     target = get_step(step)
-    for s in STEPS:
-        if s.number >= target.number: break
-        if not step_done(exp_dir, s.name, cfg): _call(s.function, cfg, Path(exp_dir))
+    with experiment_lock(exp_dir):
+        for s in STEPS:
+            if s.number >= target.number: break
+            if not step_done(exp_dir, s.name, cfg): _call(s.function, cfg, Path(exp_dir))
 
 # %% ../nbs/15_pipeline.ipynb #7dd99679
 def run_pipeline(config_path, # YAML config
@@ -103,11 +105,12 @@ def run_pipeline(config_path, # YAML config
                  sae_checkpoint=None, # an SAE to use instead of training one
                  overrides:dict|None=None, # dotted config keys
                  dry_run:bool=False, # validate only
+                 command:str|None=None, # the command line, named to a second process on the same folder
                 ) -> dict:
     "Run the chosen steps into the experiment folder; returns the manifest."
     if engine not in ("papermill", "direct"): raise UserError(f"--engine {engine!r}: choose papermill or direct.")
     cfg = load_config(config_path, overrides)
-    exp = resolve_experiment_dir(cfg, experiment_dir, experiment_name)
+    exp = check_experiment_dir(resolve_experiment_dir(cfg, experiment_dir, experiment_name))
     todo = parse_steps(steps)
     if skip_train:
         todo = [s for s in todo if s.name != "train"]
@@ -118,6 +121,10 @@ def run_pipeline(config_path, # YAML config
     if dry_run:
         return dict(config=str(config_path), experiment_dir=str(exp), config_hash=config_hash(cfg),
                     steps=[s.name for s in todo], dry_run=True)
+    with experiment_lock(exp, command):
+        return _run_locked(cfg, exp, todo, engine, force, sae_checkpoint, overrides)
+
+def _run_locked(cfg:Config, exp:Path, todo:list, engine:str, force:bool, sae_checkpoint, overrides) -> dict:
     prepare_experiment(cfg, exp, force=force)
     if sae_checkpoint is not None:
         from binding_sae.train import import_sae
@@ -136,10 +143,12 @@ def run_pipeline(config_path, # YAML config
             if engine == "direct": _call(step.function, cfg, exp)
             else: _run_papermill(step, cfg, exp, overrides or {})
         except BaseException as e:
-            manifest["steps"][step.name] = {"status": "failed", "wall_s": round(time.time() - t0, 3), "error": str(e)}
+            manifest["steps"][step.name] = {"status": "failed", "wall_s": round(time.time() - t0, 3), "error": str(e),
+                                            "config_hash": config_hash(cfg)}
             atomic_write_json(exp / "manifest.json", manifest)
             raise
-        manifest["steps"][step.name] = {"status": "done", "wall_s": round(time.time() - t0, 3), "engine": engine}
+        manifest["steps"][step.name] = {"status": "done", "wall_s": round(time.time() - t0, 3), "engine": engine,
+                                        "config_hash": config_hash(cfg)}
         atomic_write_json(exp / "manifest.json", manifest)
     atomic_write_json(exp / "manifest.json", manifest)
     return manifest
@@ -147,7 +156,13 @@ def run_pipeline(config_path, # YAML config
 def _read_manifest(exp:Path, cfg:Config) -> dict:
     import torch
     p = exp / "manifest.json"
-    old = json.loads(p.read_text()) if p.exists() else {}
-    steps = old.get("steps", {}) if old.get("config_hash") == config_hash(cfg) else {}
+    try: old = json.loads(p.read_text()) if p.exists() else {}
+    except json.JSONDecodeError: old = {}  # rewritten below
+    steps = {}
+    for name, entry in old.get("steps", {}).items():
+        done = exp / f"{name}.done.json"
+        if old.get("config_hash") != config_hash(cfg) and not done.exists(): continue  # no outputs of that config left
+        ran_with = json.loads(done.read_text()).get("config_hash") if done.exists() else old.get("config_hash")
+        steps[name] = {**entry, "config_hash": ran_with}
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return dict(config_hash=config_hash(cfg), config=str(cfg.source), versions=package_versions(), device=device, steps=steps)
