@@ -12,10 +12,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['REQUIRED_COLUMNS', 'TASK_COLUMNS', 'TEXT_COLUMNS', 'IMAGE_EXTENSIONS', 'GQA_STRUCTURAL', 'GQA_SEMANTIC', 'DataError',
-           'read_questions_csv', 'old_task_name', 'task_mask', 'select_tasks', 'options_in_question', 'is_choose_row',
-           'check_options_in_question', 'find_image', 'image_problem', 'make_standin_images', 'image_paths',
-           'check_images_readable', 'load_questions', 'image_unit', 'split_by_image']
+__all__ = ['REQUIRED_COLUMNS', 'TASK_COLUMNS', 'TEXT_COLUMNS', 'IMAGE_EXTENSIONS', 'GQA_STRUCTURAL', 'GQA_SEMANTIC',
+           'MIN_IMAGE_SIDE', 'MAX_IMAGE_ASPECT', 'DataError', 'read_questions_csv', 'old_task_name', 'task_mask',
+           'select_tasks', 'options_in_question', 'is_choose_row', 'check_option_pairs', 'check_options_in_question',
+           'find_image', 'image_problem', 'make_standin_images', 'image_paths', 'check_images_readable',
+           'load_questions', 'image_unit', 'split_by_image']
 
 # %% ../nbs/11_data.ipynb #1b9c97aa
 from .config import UserError, atomic_path
@@ -62,6 +63,15 @@ def _check_blank_and_duplicates(df:pd.DataFrame, path:Path):
                         f"({_first_few(df.loc[dup, 'question_id'].unique())}); drop the duplicate rows.")
 
 # %% ../nbs/11_data.ipynb #c2d32c5d
+def _check_utf8(path:Path):
+    "`DataError` naming the line of the first byte that is not UTF-8 (a BOM is fine)."
+    raw = path.read_bytes()
+    try: raw.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b'\n') + 1
+        what = "UTF-16 text" if raw[:2] in (b'\xff\xfe', b'\xfe\xff') else f"not UTF-8 (byte 0x{raw[e.start]:02x} on line {line})"
+        raise DataError(f"Question CSV {path} is {what}: save it as UTF-8 (in Excel: 'CSV UTF-8').") from None
+
 def read_questions_csv(csv_path, # a GQA-format question CSV
                        required=REQUIRED_COLUMNS + TASK_COLUMNS, # columns that must be present
                       ) -> pd.DataFrame:
@@ -70,11 +80,16 @@ def read_questions_csv(csv_path, # a GQA-format question CSV
     if not path.is_file():
         what = "is a folder, not a CSV file" if path.is_dir() else "does not exist"
         raise DataError(f"Question CSV {path} {what}; set dataset.refined_dataset to a GQA-format CSV.")
+    _check_utf8(path)
     try: header = pd.read_csv(path, nrows=0, encoding='utf-8-sig')
     except pd.errors.EmptyDataError: raise DataError(f"Question CSV {path} is empty (no header, no rows).") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e: raise DataError(f"Question CSV {path} cannot be parsed: {e}") from None
     names = [str(c).strip() for c in header.columns]
     missing = [c for c in required if c not in names]
+    sep = next((s for s in (';', '\t', '|') if len(names) == 1 and s in names[0]), None)
+    if missing and sep:
+        raise DataError(f"Question CSV {path} has a single column {names[0][:60]!r}…: it looks separated by {sep!r}; "
+                        "save it comma-separated.")
     if missing:
         hints = "; ".join(f"{c!r}{_closest(c, names)}" for c in missing)
         raise DataError(f"Question CSV {path} lacks required column(s) {hints}; columns present: {_first_few(names, 12)}.")
@@ -166,6 +181,24 @@ def is_choose_row(df:pd.DataFrame) -> pd.Series:
     return m
 
 # %% ../nbs/11_data.ipynb #9acbad64
+def check_option_pairs(df:pd.DataFrame, # questions (after task selection)
+                       source='the CSV', # named in error messages
+                      ) -> pd.DataFrame:
+    "Return `df`; `DataError` where the true and false option are the same word (ignoring case) or the answer is the false option."
+    if not {'true option', 'false option'} <= set(df.columns): return df
+    t, f = _lower(df['true option']), _lower(df['false option'])
+    same = (t != '') & (t == f)
+    if same.any():
+        ex = df.loc[same, ['true option', 'false option']].iloc[0]
+        raise DataError(f"{source}: {int(same.sum())} question(s) have the same true and false option (ignoring case; "
+                        f"question ids {_first_few(df.loc[same, 'question_id'])}, e.g. {ex.iloc[0]!r}/{ex.iloc[1]!r}); "
+                        "give each question two different options or drop those rows.")
+    swapped = (f != '') & (_lower(df['answer']) == f)
+    if swapped.any():
+        raise DataError(f"{source}: in {int(swapped.sum())} question(s) the answer is the false option (question ids "
+                        f"{_first_few(df.loc[swapped, 'question_id'])}): the true/false option columns look swapped; fix them.")
+    return df
+
 def check_options_in_question(df:pd.DataFrame, # questions (from `load_questions`)
                              ) -> pd.DataFrame:
     "Return `df` unchanged; `DataError` if a Choose-type row's options do not both occur in its question."
@@ -194,10 +227,17 @@ def find_image(image_folder, # folder of images
     return None
 
 # %% ../nbs/11_data.ipynb #465331a9
+MIN_IMAGE_SIDE = 8     # px; smaller images hold no scene (broken thumbnails, tracking pixels)
+MAX_IMAGE_ASPECT = 20  # the processor resizes the short side to its input size: a 1×4000 strip would become huge
+
 def image_problem(path) -> str | None:
-    "Why the image at `path` cannot be read, or `None` when it opens and decodes."
+    "Why the image at `path` cannot be read or used, or `None` when it opens, decodes and has a usable size."
     try:
-        with Image.open(path) as im: im.verify()
+        with Image.open(path) as im:
+            im.verify()
+            w, h = im.size
+        if min(w, h) < MIN_IMAGE_SIDE: return f"it is {w}×{h} px, under {MIN_IMAGE_SIDE} px on a side"
+        if max(w, h) > MAX_IMAGE_ASPECT * min(w, h): return f"it is {w}×{h} px, more than {MAX_IMAGE_ASPECT}:1"
         with Image.open(path) as im:
             im.draft('RGB', (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
@@ -266,6 +306,7 @@ def load_questions(csv_path, # GQA-format question CSV (GQA or the synthetic wor
     df = read_questions_csv(csv_path, REQUIRED_COLUMNS + task_columns)
     df = select_tasks(df, task_types, task_columns, source=str(csv_path))
     if max_questions is not None: df = df.groupby('task', sort=False).head(max_questions)
+    check_option_pairs(df, str(csv_path))
     if check_options: check_options_in_question(df)
     df = df.assign(image_path=image_paths(df['img_id'].tolist(), image_folder, check=check_images))
     if check_images: check_images_readable(df['image_path'])
