@@ -8,12 +8,15 @@ import inspect, json, logging, math, re, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['log', 'METRICS', 'CONTROL_ROLES', 'TINY', 'SPECIFICITY_FLOOR', 'NOT_COMPARABLE_FLOOR', 'NOT_COMPARABLE_FRACTION',
-           'CONDITION_KEYS', 'PRIMARY_KEYS', 'SYNTHETIC_CONDITIONS', 'paired_one_sided', 'd_z',
-           'clustered_bootstrap_ci', 'permutation_p', 'holm', 'relative_drop', 'specificity', 'AnalysisError',
-           'check_ablation_results', 'analyze_condition', 'add_specificity', 'add_verdict', 'summarize_knockout',
-           'build_report', 'synthetic_ablation_results', 'save_png', 'plot_null', 'plot_forest', 'plot_knockout',
-           'plot_training_curves', 'write_synthetic_experiment', 'analyze', 'analyze_from_config', 'analyze_step']
+__all__ = ['log', 'METRICS', 'CONTROL_ROLES', 'READOUT_ROLE', 'BASELINES', 'CEILINGS', 'TINY', 'SPECIFICITY_FLOOR',
+           'NOT_COMPARABLE_FLOOR', 'NOT_COMPARABLE_FRACTION', 'MIN_ANSWER_VALUES', 'MIN_POOL_FACTOR', 'REQUIRED_CHECKS',
+           'CONDITION_KEYS', 'PRIMARY_KEYS', 'SYNTHETIC_CONDITIONS', 'BASELINE_SHIFTS', 'SYNTHETIC_COLORS',
+           'paired_one_sided', 'd_z', 'clustered_bootstrap_ci', 'permutation_p', 'holm', 'relative_drop', 'specificity',
+           'AnalysisError', 'check_ablation_results', 'compare_baselines', 'answer_breakdown', 'analyze_condition',
+           'add_specificity', 'matching_check', 'verdict_checks', 'add_verdict', 'summarize_knockout',
+           'knockout_recovery', 'headline', 'build_report', 'synthetic_matching', 'synthetic_ablation_results',
+           'save_png', 'plot_null', 'plot_forest', 'plot_knockout', 'plot_training_curves',
+           'write_synthetic_experiment', 'analyze', 'analyze_from_config', 'analyze_step']
 
 # %% ../nbs/04_analyze.ipynb #aa731ab5
 import numpy as np
@@ -28,10 +31,17 @@ log = logging.getLogger(__name__)
 
 METRICS = ("logit_diff", "pred_token_prob", "gt_token_prob")  # accepted primary metrics
 CONTROL_ROLES = ("control", "relation")  # condition roles that serve as specificity controls
+READOUT_ROLE = "readout"  # colour questions that need no binding: the answer-readout control
+BASELINES = ("top_mean_activation", "top_firing_rate", "top_decoded_norm", "best_random_on_select")  # trivial sets of step 3
+CEILINGS = ("all_latents_replace", "zero_residual")  # everything at the ablation positions removed
 TINY = 1e-6  # a baseline mean at or below this has no relative drop
 SPECIFICITY_FLOOR = 0.01  # control relative drops below 1 % count as 1 % in the specificity ratio
 NOT_COMPARABLE_FLOOR = 0.1  # a control relative drop below this is never "comparable"...
 NOT_COMPARABLE_FRACTION = 0.5  # ...nor below this fraction of the binding relative drop
+MIN_ANSWER_VALUES = 3  # the answer-share check needs at least this many answer values (two always split ≥ 50 / 50)
+MIN_POOL_FACTOR = 2  # a matching pool smaller than this × the set size cannot give random sets unlike the selected one
+REQUIRED_CHECKS = ("matching", "significance", "direction", "min_effect", "specificity", "baselines", "answer_share",
+                   "readout_control")  # a binding condition is supported only when each of these is measured and passed
 
 # %% ../nbs/04_analyze.ipynb #925c9b33
 CONDITION_KEYS = (
@@ -41,11 +51,15 @@ CONDITION_KEYS = (
     "relative_drop", "random_drop_fraction_below_10pct", "baseline_accuracy", "ablated_accuracy",
     "reconstruction_mean_effect", "effect_vs_reconstruction", "effect_vs_reconstruction_ci_low",
     "effect_vs_reconstruction_ci_high", "effect_vs_reconstruction_p", "control_conditions", "control_relative_drops",
-    "control_relative_drop", "specificity_ratio", "control_comparable", "hypothesis_supported", "verdict_reason")
+    "control_relative_drop", "specificity_ratio", "control_comparable", "baselines", "beats_baselines", "ceiling",
+    "ceiling_relative_drop", "per_answer", "n_answer_values", "answer_max_value", "answer_max_share",
+    "readout_conditions", "readout_relative_drop", "readout_comparable", "answer_readout", "knockout_recovery",
+    "checks", "hypothesis_supported", "verdict_reason")
 PRIMARY_KEYS = (
     "t_stat", "p_value", "effect_size", "mean_drop", "mean_effect", "d_z", "ci_low", "ci_high", "permutation_p",
     "holm_p", "relative_drop", "random_drop_fraction_below_10pct", "n_questions", "n_images", "specificity_ratio",
-    "control_relative_drop", "hypothesis_supported")  # copied from the primary condition to the report's top level
+    "control_relative_drop", "beats_baselines", "ceiling_relative_drop", "answer_max_share", "answer_readout",
+    "knockout_recovery", "hypothesis_supported")  # copied from the primary condition to the report's top level
 
 # %% ../nbs/04_analyze.ipynb #2eb387e1
 def paired_one_sided(ablated, # primary metric per question, after ablation
@@ -77,14 +91,17 @@ def clustered_bootstrap_ci(values, # one value per question (an effect)
                            n_bootstrap:int=1000, # bootstrap resamples
                            confidence:float=0.95, # confidence level
                            seed=0, # seed (int or tuple) of the resampling
+                           denominators=None, # one per question: the CI is of sum(values) / sum(denominators); None = 1 each (the mean)
                           ) -> tuple[float, float]:
-    "Percentile bootstrap CI of the mean of `values`, resampling whole clusters; nan with fewer than 2 clusters."
+    "Percentile bootstrap CI of sum(values) / sum(denominators) (the mean by default), resampling whole clusters; nan with fewer than 2 clusters."
     v = np.asarray(values, float)
     ids, inverse = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
     if len(ids) < 2: return math.nan, math.nan
-    sums, counts = np.bincount(inverse, weights=v), np.bincount(inverse).astype(float)
-    res = scipy.stats.bootstrap((sums, counts), _ratio_of_sums, paired=True, vectorized=True, n_resamples=n_bootstrap,
-                                confidence_level=confidence, method="percentile", **{_RNG_KW: np.random.default_rng(seed)})
+    d = np.ones(len(v)) if denominators is None else np.asarray(denominators, float)
+    sums, counts = np.bincount(inverse, weights=v), np.bincount(inverse, weights=d)
+    with np.errstate(all="ignore"):
+        res = scipy.stats.bootstrap((sums, counts), _ratio_of_sums, paired=True, vectorized=True, n_resamples=n_bootstrap,
+                                    confidence_level=confidence, method="percentile", **{_RNG_KW: np.random.default_rng(seed)})
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 # %% ../nbs/04_analyze.ipynb #4c7a69e0
@@ -123,6 +140,14 @@ def specificity(binding_relative_drop:float, # relative drop on the binding cond
 class AnalysisError(UserError):
     "Results files that the analyze step cannot use."
 
+def _per_question_parts(c:dict) -> list:
+    "(name, metric dict) of every per-question ablation of a condition: baseline, selected, reconstruction, baselines, ceilings."
+    parts = [("baseline", c["baseline"]), ("selected", c["selected"])]
+    if c.get("reconstruction_only"): parts.append(("reconstruction_only", c["reconstruction_only"]))
+    parts += [(f"baselines.{k}", v) for k, v in (c.get("baselines") or {}).items()]
+    parts += [(f"ceiling.{k}", v) for k, v in (c.get("ceiling") or {}).items() if v]
+    return parts
+
 def check_ablation_results(results:dict, # parsed ablation_results.json
                            primary_metric:str="logit_diff", # metric the statistics use
                            src:str="ablation_results.json", # name used in error messages
@@ -138,12 +163,14 @@ def check_ablation_results(results:dict, # parsed ablation_results.json
                                "img_id", "baseline", "selected", "random") if k not in c]
         if missing: raise AnalysisError(f"Condition {name} in {src} lacks {', '.join(missing)}: rerun the ablate step.")
         n = len(c["question_id"])
-        for part in ("baseline", "selected") + (("reconstruction_only",) if c.get("reconstruction_only") else ()):
-            vals = c[part].get(primary_metric)
+        for part, d in _per_question_parts(c):
+            vals = d.get(primary_metric) if isinstance(d, dict) else None
             if vals is None or len(vals) != n:
                 raise AnalysisError(f"Condition {name} in {src} has no {part}.{primary_metric} for each of its {n} "
                                     f"questions: rerun the ablate step or choose another evaluation.primary_metric.")
-        if len(c["img_id"]) != n: raise AnalysisError(f"Condition {name} in {src} has {len(c['img_id'])} img_id for {n} questions: rerun the ablate step.")
+        for key in ("img_id", "true_option"):
+            if c.get(key) is not None and len(c[key]) != n:
+                raise AnalysisError(f"Condition {name} in {src} has {len(c[key])} {key} for {n} questions: rerun the ablate step.")
         rnd = c["random"].get("mean_effect", {}).get(primary_metric)
         if rnd is None or not np.all(np.isfinite(np.asarray(rnd, float))):
             raise AnalysisError(f"Condition {name} in {src} has no finite random.mean_effect.{primary_metric}: rerun the ablate step.")
@@ -151,6 +178,39 @@ def check_ablation_results(results:dict, # parsed ablation_results.json
 
 # %% ../nbs/04_analyze.ipynb #351a3507
 def _mean(x): return float(np.mean(x)) if len(x) else math.nan
+
+def _drop_of(ablated, base, mean_base) -> dict:
+    "Mean effect and relative drop of one per-question ablation against the baseline."
+    me = float((np.asarray(ablated, float) - base).mean())
+    return {"mean_effect": me, "relative_drop": relative_drop(me, mean_base)}
+
+def compare_baselines(selected, # primary metric per question with the selected set ablated
+                      baseline, # the same questions without ablation
+                      baselines:dict, # {name: primary metric per question with that trivial set ablated}
+                     ) -> dict:
+    "Per trivial baseline: its mean effect and relative drop, and the one-sided paired p (Holm across the baselines) that the selected set lowers the metric more."
+    base = np.asarray(baseline, float)
+    out = {name: {**_drop_of(v, base, float(base.mean())), "p_value": paired_one_sided(selected, v)[1]}
+           for name, v in baselines.items()}
+    ps = [1.0 if math.isnan(r["p_value"]) else r["p_value"] for r in out.values()]  # identical sets: no evidence
+    for r, hp in zip(out.values(), holm(ps)): r["holm_p"] = hp
+    return out
+
+def answer_breakdown(effect, # per-question effects
+                     baseline, # per-question baseline metric
+                     true_option, # per-question true answer
+                    ) -> tuple[dict, str|None, float]:
+    "({answer: {n, mean_effect, relative_drop, share}}, the answer carrying the largest share of the total drop, that share)."
+    e, b, a = np.asarray(effect, float), np.asarray(baseline, float), np.asarray(true_option).astype(str)
+    total = -e.sum()
+    per = {}
+    for v in sorted(set(a)):
+        m = a == v
+        per[v] = {"n": int(m.sum()), "mean_effect": float(e[m].mean()), "relative_drop": relative_drop(float(e[m].mean()), float(b[m].mean())),
+                  "share": float(-e[m].sum() / total) if total > TINY else math.nan}
+    if total <= TINY or not per: return per, None, math.nan
+    top = max(per, key=lambda v: (per[v]["share"], v))
+    return per, top, per[top]["share"]
 
 def analyze_condition(cond:dict, # one entry of ablation_results.json "conditions"
                       primary_metric:str="logit_diff", # metric the statistics use
@@ -187,46 +247,125 @@ def analyze_condition(cond:dict, # one entry of ablation_results.json "condition
         row.update(reconstruction_mean_effect=float((rec - base).mean()), effect_vs_reconstruction=float((abl - rec).mean()),
                    effect_vs_reconstruction_ci_low=rlo, effect_vs_reconstruction_ci_high=rhi,
                    effect_vs_reconstruction_p=paired_one_sided(abl, rec)[1])
+    if cond.get("baselines"):
+        row["baselines"] = compare_baselines(abl, base, {k: v[m] for k, v in cond["baselines"].items()})
+    if cond.get("ceiling"):
+        row["ceiling"] = {k: _drop_of(v[m], base, mean_base) for k, v in cond["ceiling"].items() if v}
+        drops = [c["relative_drop"] for c in row["ceiling"].values() if math.isfinite(c["relative_drop"])]
+        row["ceiling_relative_drop"] = max(drops) if drops else None
+    if cond.get("true_option") is not None:
+        row["per_answer"], row["answer_max_value"], row["answer_max_share"] = answer_breakdown(eff, base, cond["true_option"])
+        row["n_answer_values"] = len(row["per_answer"])
     return row
 
 # %% ../nbs/04_analyze.ipynb #21766133
 def _key(r): return (r["position_type"], r["mode"], r["delta_scale"])
+def _finite(x): return x is not None and not (isinstance(x, float) and math.isnan(x))
+def _pc(x): return "—" if not _finite(x) else f"{100 * x:.3g} %"
 
 def add_specificity(rows:list[dict], # analyze_condition outputs of all conditions
                    ) -> list[dict]:
-    "Fill the control_* and specificity_ratio keys of the binding rows (in place); return `rows`."
+    "Fill the control_*, specificity_ratio and readout_* keys of the binding rows (in place); return `rows`."
     for r in rows:
         if r["role"] != "binding": continue
-        ctrl = [c for c in rows if c["role"] in CONTROL_ROLES and _key(c) == _key(r) and c["n_questions"] > 0
-                and c["relative_drop"] is not None and not math.isnan(c["relative_drop"])]
+        same = [c for c in rows if _key(c) == _key(r) and c["n_questions"] > 0 and _finite(c["relative_drop"])]
+        ctrl, readout = [c for c in same if c["role"] in CONTROL_ROLES], [c for c in same if c["role"] == READOUT_ROLE]
         r["control_conditions"] = [c["condition"] for c in ctrl]
         r["control_relative_drops"] = {c["task"]: c["relative_drop"] for c in ctrl}
-        if ctrl and r["relative_drop"] is not None and not math.isnan(r["relative_drop"]):
+        r["readout_conditions"] = [c["condition"] for c in readout]
+        if not _finite(r["relative_drop"]): continue
+        if ctrl:
             r["control_relative_drop"] = max(c["relative_drop"] for c in ctrl)
             r["specificity_ratio"], r["control_comparable"] = specificity(r["relative_drop"], r["control_relative_drop"])
+        if readout:
+            r["readout_relative_drop"] = max(c["relative_drop"] for c in readout)
+            r["readout_comparable"] = specificity(r["relative_drop"], r["readout_relative_drop"])[1]
     return rows
+
+def matching_check(metadata:dict, # metadata of ablation_results.json
+                   max_match_smd:float=0.25, # largest |SMD| of log firing rate / log decoded norm allowed (evaluation.max_match_smd)
+                  ) -> tuple[bool|None, str]:
+    "(are the random sets matched to the selected set? None = not measured, the finding in words)."
+    m = metadata.get("matching")
+    if not m: return None, "matching of the random sets to the selected set not measured (rerun the ablate step)"
+    smd = {k: m.get(f"smd_log_{k}") for k in ("firing_rate", "decoded_norm")}
+    worst = max([abs(v) for v in smd.values() if _finite(v)], default=m.get("max_abs_smd"))
+    k, pool = len(metadata.get("selected_feature_ids") or []), m.get("n_pool")
+    small = pool is not None and k > 0 and pool < MIN_POOL_FACTOR * k
+    poor = bool(m.get("poor")) or not _finite(worst) or worst > max_match_smd or small
+    g = lambda x: "—" if not _finite(x) else f"{x:.3g}"
+    words = (f"standardized mean difference selected vs random {g(smd['firing_rate'])} in log firing rate and "
+             f"{g(smd['decoded_norm'])} in log decoded norm (bound {max_match_smd:g}); mean firing rate "
+             f"{g(m.get('selected_mean_firing_rate'))} selected vs {g(m.get('random_mean_firing_rate'))} random, decoded norm "
+             f"{g(m.get('selected_mean_decoded_norm'))} vs {g(m.get('random_mean_decoded_norm'))}; a pool of {pool} latents"
+             + (f", fewer than {MIN_POOL_FACTOR} × the {k} selected" if small else ""))
+    return (not poor), (f"random sets poorly matched: {words}" if poor else f"random sets matched: {words}")
+
+def _baseline_words(r, significance_level):
+    lost = {n: b for n, b in (r["baselines"] or {}).items() if not (_finite(b["holm_p"]) and b["holm_p"] < significance_level)}
+    return lost, "; ".join(f"{n} removes {_pc(b['relative_drop'])} vs the selected set's {_pc(r['relative_drop'])} "
+                           f"(Holm p {b['holm_p']:.3g})" for n, b in lost.items())
+
+def verdict_checks(r:dict, # a binding row after add_specificity
+                   significance_level:float=0.05, # alpha of the Holm-corrected permutation p
+                   min_relative_drop:float=0.1, # smallest relative drop that counts as an effect
+                   matching:tuple=(None, "not measured"), # from `matching_check`
+                   readout_max_share:float=0.5, # largest share of the drop one answer value may carry (evaluation.readout_max_share)
+                  ) -> dict:
+    "Each check of the verdict: name → (True passed | False failed | None not measured, reason when not passed)."
+    sig = significance_level
+    lost, lost_words = _baseline_words(r, sig)
+    share, nv = r["answer_max_share"], r["n_answer_values"] or 0
+    c = {"matching": (matching[0], matching[1]),
+         "ceiling": (None if r["ceiling_relative_drop"] is None else r["ceiling_relative_drop"] >= min_relative_drop,
+                     "no feature set at these positions can matter: removing everything there changes "
+                     f"the primary metric by {_pc(-(r['ceiling_relative_drop'] or 0))} ("
+                     + ", ".join(f"{k.replace('_', ' ')}: {_pc(-v['relative_drop'])}" for k, v in (r["ceiling"] or {}).items())
+                     + f"), less than the {_pc(min_relative_drop)} bar"),
+         "significance": (r["holm_p"] is not None and r["holm_p"] < sig, f"holm_p ≥ {sig}"),
+         "direction": (r["mean_effect"] is not None and r["mean_effect"] < 0, "ablation did not lower the metric"),
+         "min_effect": (_finite(r["relative_drop"]) and r["relative_drop"] >= min_relative_drop,
+                        f"relative drop below the smallest effect of interest ({min_relative_drop:g})"),
+         "specificity": (None if r["control_comparable"] is None else not r["control_comparable"],
+                         "control effect comparable" if r["control_comparable"] else
+                         "specificity not shown (no control condition with questions, or baseline mean ≤ 0)"),
+         "baselines": (None if r["baselines"] is None else not lost,
+                       f"does not beat the trivial baselines: {lost_words}" if lost else "trivial baselines not measured (rerun the ablate step)"),
+         "answer_share": (None if r["per_answer"] is None or not _finite(share) else not (nv >= MIN_ANSWER_VALUES and share > readout_max_share),
+                          f"answer readout: {_pc(share)} of the drop sits on the answer {r['answer_max_value']!r} "
+                          f"(bound {_pc(readout_max_share)}, {nv} answer values)" if _finite(share) else
+                          "per-answer breakdown not measured (no true_option, or no drop to share)"),
+         "readout_control": (None if r["readout_comparable"] is None else not r["readout_comparable"],
+                             f"answer readout: questions that need no binding drop by {_pc(r['readout_relative_drop'])} vs "
+                             f"{_pc(r['relative_drop'])} on binding" if r["readout_comparable"] else
+                             "readout control not measured (no readout condition with questions at this position)")}
+    if r["n_questions"] == 0: c = {"questions": (False, "no questions")}
+    elif r["n_random_sets"] == 0: c["significance"] = (False, "no matched random sets")
+    return c
 
 def add_verdict(rows:list[dict], # rows after add_specificity
                 significance_level:float=0.05, # alpha of the Holm-corrected permutation p
                 min_relative_drop:float=0.1, # smallest relative drop of the metric that counts as an effect
+                matching:tuple=(None, "matching of the random sets to the selected set not measured (rerun the ablate step)"), # from `matching_check`
+                readout_max_share:float=0.5, # largest share of the drop one answer value may carry
                ) -> list[dict]:
-    "Fill holm_p, hypothesis_supported and verdict_reason (in place); return `rows`."
+    "Fill holm_p, beats_baselines, answer_readout, checks, hypothesis_supported and verdict_reason (in place); return `rows`."
     family = [r for r in rows if r["n_questions"] > 0 and not math.isnan(r["permutation_p"])]
     for r, hp in zip(family, holm([r["permutation_p"] for r in family])): r["holm_p"] = hp
+    order = ("questions", "ceiling") + REQUIRED_CHECKS  # the reason names what failed, most fundamental first
     for r in rows:
         if r["role"] != "binding":
             r["verdict_reason"] = r["verdict_reason"] or "specificity control (tests no hypothesis)"
             continue
-        checks = [(r["n_questions"] > 0, "no questions"), (r["n_random_sets"] > 0, "no matched random sets"),
-                  (r["holm_p"] is not None and r["holm_p"] < significance_level, f"holm_p ≥ {significance_level}"),
-                  (r["mean_effect"] is not None and r["mean_effect"] < 0, "ablation did not lower the metric"),
-                  (r["relative_drop"] is not None and not math.isnan(r["relative_drop"]) and r["relative_drop"] >= min_relative_drop,
-                   f"relative drop below the smallest effect of interest ({min_relative_drop:g})"),
-                  (r["control_comparable"] is not None, "specificity not shown (no control condition with questions, or baseline mean ≤ 0)"),
-                  (r["control_comparable"] is not True, "control effect comparable")]
-        failed = [why for ok, why in checks if not ok]
-        r["hypothesis_supported"] = not failed
-        r["verdict_reason"] = "; ".join(failed) if failed else "supported"
+        c = verdict_checks(r, significance_level, min_relative_drop, matching, readout_max_share)
+        r["checks"] = {k: {True: "passed", False: "failed", None: "not measured"}[ok] for k, (ok, _) in c.items()}
+        r["beats_baselines"] = c["baselines"][0] if "baselines" in c else None
+        flags = [c[k][0] for k in ("answer_share", "readout_control") if k in c]
+        r["answer_readout"] = True if False in flags else (False if flags and None not in flags else None)
+        failed = [c[k][1] for k in order if k in c and c[k][0] is False]
+        unmeasured = [c[k][1] for k in REQUIRED_CHECKS if k in c and c[k][0] is None]
+        r["hypothesis_supported"] = not failed and not unmeasured
+        r["verdict_reason"] = "; ".join(failed + unmeasured) if failed or unmeasured else "supported"
     return rows
 
 # %% ../nbs/04_analyze.ipynb #84a8f6bf
@@ -259,6 +398,44 @@ def summarize_knockout(knockout:dict|None, # parsed knockout_results.json (or No
                      "ci_high_at_min": (c.get("ci_high") or [None] * (i + 1))[i], "n_layers": len(c["layers"])}
     return {"metadata": knockout.get("metadata", {}), "flows": out}
 
+def knockout_recovery(cond:dict, # one entry of ablation_results.json "conditions"
+                      knockout:dict|None, # parsed knockout_results.json (or None)
+                      n_bootstrap:int=1000, # bootstrap resamples of the CI
+                      seed=0, # seed of the bootstrap
+                      flow:str="Image->Question", # the cumulative knockout the ablation is compared with
+                     ) -> dict|None:
+    "R = mean ablation effect / mean cumulative knockout effect on logit_diff over the questions in both, with an image-clustered CI; None when not measured."
+    cum = ((knockout or {}).get("cumulative") or {}).get(flow)
+    if not cum or "logit_diff" not in cond["selected"]: return None
+    ko = {str(q): v for q, v in zip(knockout.get("question_id", []), cum["logit_diff_change"]) if v is not None}
+    idx = [i for i, q in enumerate(cond["question_id"]) if str(q) in ko]
+    abl = (np.asarray(cond["selected"]["logit_diff"], float) - np.asarray(cond["baseline"]["logit_diff"], float))[idx]
+    k = np.array([ko[str(cond["question_id"][i])] for i in idx], float)
+    img = np.asarray(cond["img_id"]).astype(str)[idx]
+    R = float(abl.mean() / k.mean()) if len(idx) and abs(k.mean()) > TINY else math.nan
+    lo, hi = clustered_bootstrap_ci(abl, img, n_bootstrap, seed=seed, denominators=k) if math.isfinite(R) else (math.nan, math.nan)
+    return {"R": R, "ci_low": lo, "ci_high": hi, "n_questions": len(idx), "layers": cum.get("layers"), "flow": flow,
+            "mean_ablation_effect": _mean(abl), "mean_knockout_effect": _mean(k)}
+
+def headline(primary:dict|None, # the primary condition's row
+             n_selected:int|None=None, # size of the selected set
+             min_attainable_p:float=math.nan, # 1 / (1 + random sets)
+             min_relative_drop:float=0.1, # the pre-registered bar
+             primary_metric:str="logit_diff", # metric name
+            ) -> str:
+    "The verdict in one paragraph: the primary condition, its relative drop with CI, p, the random sets, and why."
+    if primary is None: return "NO VERDICT: the ablation results have no binding condition."
+    r, b = primary, primary["mean_baseline"]
+    if not r["n_questions"]: return f"NOT SUPPORTED in {r['condition']}: no questions."
+    ci = (f"95 % CI {_pc(-r['ci_high'] / b)} to {_pc(-r['ci_low'] / b)}; " if _finite(r["ci_low"]) and _finite(b) and b > TINY else "")
+    g = lambda x: "—" if not _finite(x) else f"{x:.3g}"
+    return (f"{'SUPPORTED' if r['hypothesis_supported'] else 'NOT SUPPORTED'} in {r['condition']}: ablating the "
+            f"{n_selected or ''} selected features lowers {primary_metric} by {_pc(r['relative_drop'])} ({ci}"
+            f"pre-registered bar {_pc(min_relative_drop)}); permutation p {g(r['permutation_p'])}, Holm p {g(r['holm_p'])} "
+            f"(smallest attainable {g(min_attainable_p)}); {_pc(r['random_drop_fraction_below_10pct'])} of "
+            f"{r['n_random_sets']} matched random sets drop less than 10 %. "
+            + ("" if r["hypothesis_supported"] else f"Why: {r['verdict_reason']}."))
+
 def build_report(ablation:dict, # parsed ablation_results.json
                  knockout:dict|None=None, # parsed knockout_results.json, if any
                  significance_level:float=0.05, # alpha of the Holm-corrected permutation p
@@ -266,15 +443,21 @@ def build_report(ablation:dict, # parsed ablation_results.json
                  n_bootstrap:int=1000, # bootstrap resamples per CI
                  seed:int=0, # seed of the bootstraps (condition i uses (seed, i))
                  min_relative_drop:float=0.1, # smallest relative drop that counts as an effect (evaluation.min_relative_drop)
+                 max_match_smd:float=0.25, # largest |SMD| between selected and random sets (evaluation.max_match_smd)
+                 readout_max_share:float=0.5, # largest share of the drop on one answer value (evaluation.readout_max_share)
                 ) -> dict:
     "The hypothesis report (a JSON-ready dict) from step 3's results."
     check_ablation_results(ablation, primary_metric)
     meta = ablation.get("metadata", {})
     rows = [analyze_condition(c, primary_metric, n_bootstrap, seed=(seed, i)) for i, c in enumerate(ablation["conditions"])]
-    add_verdict(add_specificity(rows), significance_level, min_relative_drop)
+    matching = matching_check(meta, max_match_smd)
+    add_verdict(add_specificity(rows), significance_level, min_relative_drop, matching, readout_max_share)
+    for i, (c, r) in enumerate(zip(ablation["conditions"], rows)):
+        if r["role"] == "binding" and r["n_questions"]: r["knockout_recovery"] = knockout_recovery(c, knockout, n_bootstrap, (seed, i, 1))
     family = [r for r in rows if r["holm_p"] is not None]
     n_sets = min((r["n_random_sets"] for r in family), default=0)
-    min_holm = min(1.0, len(family) / (1 + n_sets)) if family else math.nan
+    min_p = meta.get("min_attainable_p") or (1 / (1 + n_sets) if family else math.nan)
+    min_holm = min(1.0, len(family) * min_p) if family else math.nan
     if family and min_holm >= significance_level:
         log.warning(f"With {n_sets} random sets and {len(family)} conditions the Holm-corrected permutation p cannot go "
                     f"below {min_holm:.3f}: raise ablation.n_random_features to at least {math.ceil(len(family) / significance_level)}.")
@@ -284,15 +467,19 @@ def build_report(ablation:dict, # parsed ablation_results.json
                f"{'supported' if primary['hypothesis_supported'] else 'not supported'} in the primary condition "
                f"{primary['condition']} ({primary['verdict_reason']}); {len(supported)} of "
                f"{sum(r['role'] == 'binding' for r in rows)} binding conditions supported")
+    n_sel = len(meta.get("selected_feature_ids") or []) or None
     report = {"primary_metric": primary_metric, "primary_condition": primary and primary["condition"],
               **{k: (primary or {}).get(k) for k in PRIMARY_KEYS},
-              "summary": {"verdict": verdict, "hypothesis_supported": bool(primary and primary["hypothesis_supported"]),
+              "summary": {"headline": headline(primary, n_sel, min_p, min_relative_drop, primary_metric),
+                          "verdict": verdict, "hypothesis_supported": bool(primary and primary["hypothesis_supported"]),
                           "supported_conditions": supported, "n_conditions": len(rows),
                           "n_binding_conditions": sum(r["role"] == "binding" for r in rows),
-                          "holm_family_size": len(family), "min_attainable_holm_p": min_holm},
+                          "holm_family_size": len(family), "min_attainable_p": min_p, "min_attainable_holm_p": min_holm,
+                          "matching_ok": matching[0], "matching": matching[1]},
               "conditions": rows, "knockout": summarize_knockout(knockout),
               "metadata": {"significance_level": significance_level, "n_bootstrap": n_bootstrap, "seed": seed,
-                           "min_relative_drop": min_relative_drop,
+                           "min_relative_drop": min_relative_drop, "max_match_smd": max_match_smd,
+                           "readout_max_share": readout_max_share, "required_checks": list(REQUIRED_CHECKS),
                            "ci_method": "percentile bootstrap resampling images; statistic: question-weighted mean effect",
                            "not_comparable_rule": f"control relative drop < max({NOT_COMPARABLE_FLOOR}, {NOT_COMPARABLE_FRACTION} × binding relative drop)",
                            "ablation_metadata": meta}}
@@ -304,51 +491,91 @@ SYNTHETIC_CONDITIONS = (  # (position_type, mode, delta_scale, task, role, selec
     ("attribute", "residual", 1.0, "binding_choose", "binding", -1.0, True),
     ("attribute", "residual", 1.0, "control", "control", None, False),
     ("attribute", "residual", 1.0, "relation", "relation", None, True),
+    ("attribute", "residual", 1.0, "color_single", "readout", None, True),
     ("question", "residual", 1.0, "binding_choose", "binding", -0.8, True),
     ("question", "residual", 1.0, "control", "control", -0.7, True),
+    ("question", "residual", 1.0, "color_single", "readout", None, True),
     ("attribute", "replace", 1.0, "binding_choose", "binding", -1.2, True),
     ("attribute", "replace", 1.0, "relation", "relation", None, True),
+    ("attribute", "replace", 1.0, "color_single", "readout", None, True),
 )
+BASELINE_SHIFTS = {"top_mean_activation": -0.4, "top_firing_rate": -0.35, "top_decoded_norm": -0.3,
+                   "best_random_on_select": -0.25}  # set-level shifts of the trivial sets on binding questions
+SYNTHETIC_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
+_ANSWERS = {"binding": SYNTHETIC_COLORS, "readout": SYNTHETIC_COLORS, "control": ("yes", "no"), "relation": ("left", "right")}
 
 def _sigmoid(x): return 1 / (1 + np.exp(-x))
 
-def _synthetic_condition(spec, n_images, per_image, n_sets, null_mean, null_sd, rng):
+def _synthetic_condition(spec, n_images, per_image, n_sets, null_mean, null_sd, rng, baseline_shifts, ceiling_shift, readout_answer):
     pos, mode, scale, task, role, sel_shift, has_q = spec
     n = n_images * per_image
     img = np.repeat(np.arange(n_images), per_image)
+    answers = np.array(_ANSWERS[role])[rng.integers(0, len(_ANSWERS[role]), n)]
     base = 2.5 + rng.normal(0, 0.8, n_images)[img] + rng.normal(0, 0.8, n)
     recon = (-0.05 + rng.normal(0, 0.1, n)) if mode == "replace" else np.zeros(n)
     shifts = rng.normal(null_mean, null_sd, n_sets + 1)
     if sel_shift is not None: shifts[0] = sel_shift
-    eff = shifts[:, None] + rng.normal(0, 0.3, (n_sets + 1, n_images))[:, img] + rng.normal(0, 0.5, (n_sets + 1, n)) + recon
+    noise = lambda k: rng.normal(0, 0.3, (k, n_images))[:, img] + rng.normal(0, 0.5, (k, n)) + recon
+    eff = shifts[:, None] + noise(n_sets + 1)
+    if readout_answer is not None and role in ("binding", "readout") and sel_shift is not None:  # all of the drop on one answer
+        on = answers == readout_answer
+        eff[0] += np.where(on, sel_shift * n / max(on.sum(), 1), 0.0) - sel_shift
+    bshift = {k: (v if role == "binding" else null_mean) for k, v in baseline_shifts.items()}
+    beff = np.array(list(bshift.values()))[:, None] + noise(len(bshift))
     def metrics(ld): return {"logit_diff": ld, "true_prob": _sigmoid(ld), "pred_token_prob": _sigmoid(np.abs(ld)),
                              "gt_token_prob": _sigmoid(ld), "correct": (ld > 0).astype(int)}
     b, s, r = metrics(base), metrics(base + eff[0]), metrics(base + eff[1:])
     keep = slice(None) if has_q else slice(0, 0)
     lst = lambda d: {k: v[keep].tolist() for k, v in d.items()}
     sets = [sorted(rng.choice(512, 8, replace=False).tolist()) for _ in range(n_sets)]
+    ceiling = {"all_latents_replace": lst(metrics(base + ceiling_shift + noise(1)[0])),
+               "zero_residual": lst(metrics(base + 1.1 * ceiling_shift + noise(1)[0]))}
     return {"condition": f"{pos}|{mode}|{scale}|{task}", "position_type": pos, "mode": mode, "delta_scale": scale,
             "task": task, "role": role, "question_id": [f"{task}_q{i}" for i in range(n)][keep],
-            "img_id": [f"img{k}" for k in img][keep], "n_skipped": 0 if has_q else n,
+            "img_id": [f"img{k}" for k in img][keep], "true_option": answers[keep].tolist(), "n_skipped": 0 if has_q else n,
             "baseline": lst(b), "selected": lst(s), "reconstruction_only": lst(metrics(base + recon)) if mode == "replace" else None,
-            "random": {"feature_sets": sets, "mean_effect": {k: (r[k] - b[k]).mean(1).tolist() if has_q else [0.0] * n_sets
-                                                             for k in ("logit_diff", "pred_token_prob", "gt_token_prob")}},
+            "baselines": {k: lst(metrics(base + e)) for k, e in zip(bshift, beff)}, "ceiling": ceiling,
+            "random": {"feature_sets": sets,
+                       "mean_effect": {k: (r[k] - b[k]).mean(1).tolist() if has_q else [0.0] * n_sets
+                                       for k in ("logit_diff", "pred_token_prob", "gt_token_prob")},
+                       "effect": {"logit_diff": (r["logit_diff"] - b["logit_diff"])[:100, keep].tolist()}},
             "per_feature": {}}
+
+def synthetic_matching(n_pool:int=200, # latents in the matching pool
+                       smd:float=0.05, # standardized mean difference of both matched quantities
+                       n_draws:int=200, # random sets drawn
+                       max_match_smd:float=0.25, # bound recorded with it
+                      ) -> dict:
+    "A `metadata.matching` record of step 3 with the given SMDs (poor when |smd| exceeds the bound)."
+    fr, dn = 0.05, 10.0
+    return {"method": "binned", "n_pool": n_pool, "n_draws": n_draws, "selected_mean_firing_rate": fr,
+            "random_mean_firing_rate": fr * math.exp(-smd), "selected_mean_decoded_norm": dn,
+            "random_mean_decoded_norm": dn * math.exp(-smd), "smd_log_firing_rate": smd, "smd_log_decoded_norm": smd,
+            "max_abs_smd": abs(smd), "poor": abs(smd) > max_match_smd, "max_match_smd": max_match_smd}
 
 def synthetic_ablation_results(conditions=SYNTHETIC_CONDITIONS, # see SYNTHETIC_CONDITIONS
                                n_images:int=12, # test images per condition
                                questions_per_image:int=3, # questions per image
-                               n_sets:int=200, # matched random feature sets
+                               n_sets:int=500, # matched random feature sets
                                null_mean:float=-0.1, # mean set-level effect of a random set
                                null_sd:float=0.1, # sd of the set-level effect across random sets
                                seed:int=0, # seed of the simulation
+                               baseline_shifts:dict=BASELINE_SHIFTS, # set-level shift of each trivial set on binding questions
+                               ceiling_shift:float=-2.0, # set-level shift of removing everything at the positions
+                               readout_answer:str|None=None, # put the selected set's whole drop on questions with this answer
+                               matching:dict|None=None, # metadata.matching; None = `synthetic_matching()` (well matched)
                               ) -> dict:
     "A synthetic results/ablation_results.json (SPEC.md schema) with known truth."
     rng = np.random.default_rng(seed)
-    conds = [_synthetic_condition(c, n_images, questions_per_image, n_sets, null_mean, null_sd, rng) for c in conditions]
+    conds = [_synthetic_condition(c, n_images, questions_per_image, n_sets, null_mean, null_sd, rng, baseline_shifts,
+                                  ceiling_shift, readout_answer) for c in conditions]
     return {"metadata": {"config_hash": "synthetic", "primary_metric": "logit_diff", "n_random_sets": n_sets,
-                         "selected_feature_ids": [3, 14, 15, 92], "seed": seed, "position_type": conditions[0][0],
-                         "mode": conditions[0][1], "delta_scale": conditions[0][2]},
+                         "min_attainable_p": 1 / (n_sets + 1), "selected_feature_ids": [3, 14, 15, 92], "seed": seed,
+                         "position_type": conditions[0][0], "mode": conditions[0][1], "delta_scale": conditions[0][2],
+                         "matching": synthetic_matching(n_draws=n_sets) if matching is None else matching,
+                         "baselines": {k: {"feature_ids": sorted(rng.choice(512, 4, replace=False).tolist()),
+                                           "chosen_by": f"the 4 latents with the {k.replace('top_', 'highest ').replace('_', ' ')} on select"}
+                                       for k in baseline_shifts}},
             "conditions": conds}
 
 # %% ../nbs/04_analyze.ipynb #ec6bfd24
@@ -367,38 +594,59 @@ def save_png(fig:Figure, # a matplotlib figure
 def plot_null(row:dict, # a condition record of the report
               random_mean_effects, # the condition's random-set mean effects
               primary_metric:str="logit_diff", # metric name for the axis label
+              min_relative_drop:float=0.1, # the pre-registered bar (drawn at −bar × the baseline mean)
              ) -> Figure:
-    "Histogram of the random-set null with the selected set's mean effect and its CI."
-    fig = _figure(5.5, 3.2); ax = fig.subplots()
-    ax.hist(random_mean_effects, bins=30, color="0.7", label=f"{len(random_mean_effects)} matched random sets")
-    ax.axvline(row["mean_effect"], color="C3", lw=2, label="selected features")
+    "Histogram of the random-set null, titled by what it tests, with the selected set, the trivial baselines and the bar."
+    fig = _figure(6.5, 3.6); ax = fig.subplots()
+    ax.hist(random_mean_effects, bins=30, color="0.75", label=f"{len(random_mean_effects)} matched random sets")
+    ax.axvline(row["mean_effect"], color="C3", lw=2.5, label=f"selected set ({_pc(row['relative_drop'])} drop)")
     if row["ci_low"] is not None: ax.axvspan(row["ci_low"], row["ci_high"], color="C3", alpha=0.15, label="95 % CI (images)")
-    ax.set_xlabel(f"mean effect on {primary_metric} (ablated − baseline)"); ax.set_ylabel("random sets")
+    for i, (name, b) in enumerate((row["baselines"] or {}).items()):
+        ax.axvline(b["mean_effect"], color=f"C{i + 4}", lw=1.5, ls="--", label=f"{name} ({_pc(b['relative_drop'])})")
+    if _finite(row["mean_baseline"]) and row["mean_baseline"] > TINY:
+        ax.axvline(-min_relative_drop * row["mean_baseline"], color="k", lw=1.2, ls=":", label=f"pre-registered bar ({_pc(min_relative_drop)} drop)")
+    ax.set_xlabel(f"mean effect on {primary_metric} (ablated − baseline; left = hurts)"); ax.set_ylabel("random sets")
     hp = "–" if row["holm_p"] is None else f"{row['holm_p']:.3g}"
-    ax.set_title(f"{row['condition']}\npermutation p = {row['permutation_p']:.3g}, Holm p = {hp}", fontsize=9)
-    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(f"selected set vs {row['n_random_sets']} matched random sets: is its drop larger than chance?\n"
+                 f"{row['condition']} ({row['role']}): permutation p = {row['permutation_p']:.3g}, Holm p = {hp}", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
+
+def _rel(x, r): return None if x is None or not _finite(r["mean_baseline"]) or r["mean_baseline"] <= TINY else 100 * x / r["mean_baseline"]
 
 def plot_forest(rows:list[dict], # condition records of the report
                 primary_metric:str="logit_diff", # metric name for the axis label
+                min_relative_drop:float=0.1, # the pre-registered bar
                ) -> Figure:
-    "Forest plot: each condition's mean effect with its CI, over the 95 % range of its random-set null."
-    rows = [r for r in rows if r["n_questions"]]
-    fig = _figure(7, 0.45 * len(rows) + 1.4); ax = fig.subplots()
-    colors = {"binding": "C0", "control": "C1", "relation": "C2"}
+    "Forest plot in % of each condition's baseline: the selected set with its CI over its random null, the trivial baselines, the ceilings and the bar."
+    rows = [r for r in rows if r["n_questions"] and _rel(r["mean_effect"], r) is not None]
+    fig = _figure(8, 0.5 * len(rows) + 1.8); ax = fig.subplots()
+    colors = {"binding": "C0", "control": "C1", "relation": "C2", READOUT_ROLE: "C9"}
     for y, r in enumerate(reversed(rows)):
-        ax.plot([r["null_low"], r["null_high"]], [y, y], color="0.8", lw=7, solid_capstyle="butt")
-        ax.errorbar(r["mean_effect"], y, xerr=[[r["mean_effect"] - (r["ci_low"] if r["ci_low"] is not None else r["mean_effect"])],
-                                                [(r["ci_high"] if r["ci_high"] is not None else r["mean_effect"]) - r["mean_effect"]]],
-                    fmt="o" if r["hypothesis_supported"] else "s", color=colors.get(r["role"], "k"),
-                    mfc=colors.get(r["role"], "k") if r["hypothesis_supported"] else "white", capsize=3)
-    ax.set_yticks(range(len(rows)), [f"{r['condition']} ({r['role']})" for r in reversed(rows)], fontsize=8)
+        m, col = _rel(r["mean_effect"], r), colors.get(r["role"], "k")
+        ax.plot([_rel(r["null_low"], r), _rel(r["null_high"], r)], [y, y], color="0.82", lw=8, solid_capstyle="butt")
+        for i, b in enumerate((r["baselines"] or {}).values()):
+            ax.plot(_rel(b["mean_effect"], r), y + 0.22, marker="v", ms=5, color=f"C{i + 4}", ls="none")
+        for b, mk in zip((r["ceiling"] or {}).values(), "xX"):
+            ax.plot(_rel(b["mean_effect"], r), y - 0.22, marker=mk, ms=6, color="0.3", ls="none")
+        lo, hi = _rel(r["ci_low"], r), _rel(r["ci_high"], r)
+        ax.errorbar(m, y, xerr=[[m - (lo if lo is not None else m)], [(hi if hi is not None else m) - m]],
+                    fmt="o" if r["hypothesis_supported"] else "s", color=col, mfc=col if r["hypothesis_supported"] else "white", capsize=3)
+    verdict = lambda r: "" if r["role"] != "binding" else (": SUPPORTED" if r["hypothesis_supported"] else ": not supported")
+    ax.set_yticks(range(len(rows)), [f"{r['condition']} ({r['role']}{verdict(r)})" for r in reversed(rows)], fontsize=8)
     ax.axvline(0, color="k", lw=0.8)
-    for role in dict.fromkeys(r["role"] for r in rows): ax.plot([], [], "o", color=colors.get(role, "k"), label=role)
-    ax.plot([], [], color="0.8", lw=7, label="95 % of matched random sets")
+    ax.axvline(-100 * min_relative_drop, color="C3", lw=1.2, ls="--")
+    for role in dict.fromkeys(r["role"] for r in rows): ax.plot([], [], "o", color=colors.get(role, "k"), label=f"selected set, {role}")
+    ax.plot([], [], "s", color="k", mfc="white", label="open = not supported / control")
+    ax.plot([], [], color="0.82", lw=8, label="95 % of matched random sets")
+    names = list(dict.fromkeys(n for r in rows for n in (r["baselines"] or {})))
+    for i, n in enumerate(names): ax.plot([], [], "v", color=f"C{i + 4}", label=f"baseline: {n}")
+    for n, mk in zip(CEILINGS, "xX"):
+        if any(n in (r["ceiling"] or {}) for r in rows): ax.plot([], [], mk, color="0.3", label=f"ceiling: {n.replace('_', ' ')}")
+    ax.plot([], [], color="C3", ls="--", label=f"pre-registered bar: {_pc(min_relative_drop)} drop")
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.set_xlabel(f"mean effect on {primary_metric} (ablated − baseline)")
-    ax.set_title("Selected-feature ablation by condition (filled = hypothesis supported)", fontsize=9)
+    ax.set_xlabel(f"change of {primary_metric}, % of the condition's baseline mean (left of the dashed bar = an effect of interest)")
+    ax.set_title("Ablation by condition: the selected set must pass the bar, the random sets and every trivial baseline", fontsize=9)
     return fig
 
 def plot_knockout(knockout:dict, # parsed knockout_results.json
@@ -446,7 +694,7 @@ def plot_training_curves(history, # parsed sae/history.json: list of per-step re
     return fig
 
 # %% ../nbs/04_analyze.ipynb #cbe4f0aa
-def _synthetic_knockout(rng, n_layers=16, window=3, n_questions=40):
+def _synthetic_knockout(rng, n_layers=16, window=3, n_questions=40, sae_layer=2, cumulative_change=-2.0):
     dips = {"Image->Question": (4, -30.0), "Image->Last": (12, -5.0), "Question->Last": (9, -45.0)}
     curves = {}
     for flow, (at, depth) in dips.items():
@@ -455,8 +703,12 @@ def _synthetic_knockout(rng, n_layers=16, window=3, n_questions=40):
         half = 4 + 0.15 * np.abs(mean)
         curves[flow] = {"layers": layers.tolist(), "mean_pct_change": mean.tolist(), "ci_low": (mean - half).tolist(),
                         "ci_high": (mean + half).tolist(), "mean_logit_diff_change": (mean / 20).tolist()}
+    qids = [f"binding_choose_q{i}" for i in range(n_questions)]  # the binding questions of the synthetic ablation results
+    ld = cumulative_change + rng.normal(0, 0.5, n_questions)
+    cumulative = {"Image->Question": {"layers": list(range(sae_layer + 1)), "logit_diff_change": ld.tolist(),
+                                      "pct_change": (20 * ld).tolist()}}
     return {"metadata": {"window": window, "flows": list(dips), "n_questions": n_questions,
-                         "metric": "pct_change_pred_token_prob"}, "curves": curves}
+                         "metric": "pct_change_pred_token_prob"}, "question_id": qids, "curves": curves, "cumulative": cumulative}
 
 def _synthetic_history(rng, n_steps=60):
     s = np.arange(n_steps)
@@ -483,6 +735,8 @@ def analyze(exp_dir, # experiment folder
             n_bootstrap:int=1000, # bootstrap resamples per CI (ablation.n_bootstrap)
             seed:int=0, # seed of the bootstraps (training.seed)
             min_relative_drop:float=0.1, # smallest relative drop that counts as an effect (evaluation.min_relative_drop)
+            max_match_smd:float=0.25, # largest |SMD| between selected and random sets (evaluation.max_match_smd)
+            readout_max_share:float=0.5, # largest share of the drop on one answer value (evaluation.readout_max_share)
            ) -> dict:
     "Step 4: write <exp>/analysis/hypothesis_report.json and its PNG figures; return the report."
     exp_dir = Path(exp_dir)
@@ -490,20 +744,21 @@ def analyze(exp_dir, # experiment folder
     if not abl_path.is_file(): raise AnalysisError(f"{abl_path} does not exist: run the ablate step first.")
     ablation = read_step_json(abl_path, "ablate", AnalysisError)
     knockout = read_step_json(ko_path, "knockout", AnalysisError) if ko_path.is_file() else None
-    report = build_report(ablation, knockout, significance_level, primary_metric, n_bootstrap, seed, min_relative_drop)
+    report = build_report(ablation, knockout, significance_level, primary_metric, n_bootstrap, seed, min_relative_drop,
+                          max_match_smd, readout_max_share)
     out, figures = exp_dir / "analysis", []
     for cond, row in zip(ablation["conditions"], report["conditions"]):
         if row["n_questions"] and row["n_random_sets"]:
             name = f"null_{_slug(row['condition'])}.png"
-            save_png(plot_null(row, cond["random"]["mean_effect"][primary_metric], primary_metric), out / name); figures.append(name)
-    save_png(plot_forest(report["conditions"], primary_metric), out / "forest.png"); figures.append("forest.png")
+            save_png(plot_null(row, cond["random"]["mean_effect"][primary_metric], primary_metric, min_relative_drop), out / name); figures.append(name)
+    save_png(plot_forest(report["conditions"], primary_metric, min_relative_drop), out / "forest.png"); figures.append("forest.png")
     if knockout and knockout.get("curves"):
         save_png(plot_knockout(knockout), out / "knockout_curves.png"); figures.append("knockout_curves.png")
     if hist_path.is_file() and (fig := plot_training_curves(read_step_json(hist_path, "train", AnalysisError))) is not None:
         save_png(fig, out / "sae_training_curves.png"); figures.append("sae_training_curves.png")
     report["figures"] = sorted(figures)
     atomic_write_json(out / "hypothesis_report.json", report)
-    log.info(f"analyze: {report['summary']['verdict']}")
+    log.info(f"analyze: {report['summary']['headline']}")
     return report
 
 def analyze_from_config(cfg:Config, # the run's config
@@ -513,7 +768,7 @@ def analyze_from_config(cfg:Config, # the run's config
     "Run `analyze` with the settings of `cfg` (evaluation.*, ablation.n_bootstrap, training.seed)."
     return analyze(resolve_experiment_dir(cfg, experiment_dir, experiment_name), cfg.evaluation.significance_level,
                    cfg.evaluation.primary_metric, cfg.ablation.n_bootstrap, cfg.training.seed,
-                   cfg.evaluation.min_relative_drop)
+                   cfg.evaluation.min_relative_drop, cfg.evaluation.max_match_smd, cfg.evaluation.readout_max_share)
 
 def analyze_step(cfg:Config, exp_dir) -> dict:
     "Step 4 of the pipeline: the report of `exp_dir`, then its `analyze.done.json`."
