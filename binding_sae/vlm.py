@@ -147,10 +147,14 @@ def load_vlm(name_or_path:str='models/toy_llava', # local folder or HF hub id (r
     cls = _MODEL_CLASSES.get(cfg.model_type)
     if cls is None:
         raise ModelError(f"Model {name!r} has model_type {cfg.model_type!r}; binding_sae supports {sorted(_MODEL_CLASSES)}.")
+    try: processor = AutoProcessor.from_pretrained(name, local_files_only=True)  # before the weights: a missing one fails fast
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ModelError(f"Model {name!r} has no usable processor (tokenizer and image-processor files such as tokenizer.json "
+                         "and processor_config.json): save them next to the weights with processor.save_pretrained(folder) "
+                         f"({type(e).__name__}).") from None
     try: model = cls.from_pretrained(name, dtype=dt, attn_implementation=attn_implementation, local_files_only=True)
     except ImportError as e:
         raise ModelError(f"attn_implementation {attn_implementation!r} is not available here ({e}); use 'sdpa'.") from e
-    processor = AutoProcessor.from_pretrained(name, local_files_only=True)
     return make_vlm(model.to(dev), processor, prompt_template(name, cfg.model_type), name)
 
 # %% ../nbs/13_vlm.ipynb #6b7954c5
