@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 # %% auto #0
-__all__ = ['log', 'ROLES', 'SPLITS', 'ensure_world', 'role_questions', 'experiment_questions', 'questions_for', 'question_images',
-           'question_options', 'encode_questions', 'open_model', 'check_model']
+__all__ = ['log', 'ROLES', 'SPLITS', 'TASK_KEYS', 'ensure_world', 'role_questions', 'role_source', 'experiment_questions',
+           'questions_for', 'to_rgb', 'question_images', 'question_options', 'encode_questions', 'open_model',
+           'check_model']
 
 # %% ../nbs/17_experiment.ipynb #e72e51ef
 from .config import Config, UserError, config_from_dict, atomic_write_text, resolve_device
@@ -36,12 +37,28 @@ def role_questions(cfg:Config, role:str) -> pd.DataFrame:
     "The questions of one role (binding | control | relation | readout) from the config's dataset section."
     d = cfg.dataset
     if d.refined_dataset is None: raise UserError(f"dataset.refined_dataset is not set in {cfg.source}: name the question CSV.")
-    csv = {"binding": d.refined_dataset, "control": d.control_dataset or d.refined_dataset,
-           "relation": d.relation_dataset or d.refined_dataset, "readout": d.readout_dataset or d.refined_dataset}[role]
-    tasks = {"binding": d.task_types, "control": d.control_task_types, "relation": d.relation_task_types,
-             "readout": d.readout_task_types}[role]
-    df = load_questions(cfg.path(csv), cfg.path(d.image_folder), tasks, max_questions=d.max_questions)
+    csv, tasks = role_source(cfg, role)
+    df = load_questions(csv, cfg.path(d.image_folder), tasks, max_questions=d.max_questions)
     return df.assign(role=role)
+
+TASK_KEYS = {"binding": "task_types", "control": "control_task_types", "relation": "relation_task_types",
+             "readout": "readout_task_types"}  # the dataset key naming each role's task types
+
+def role_source(cfg:Config, role:str) -> tuple:
+    "(CSV path, task types) of one role: its own dataset file or, when unset, the binding CSV."
+    d = cfg.dataset
+    csv = {"binding": d.refined_dataset, "control": d.control_dataset, "relation": d.relation_dataset,
+           "readout": d.readout_dataset}[role] or d.refined_dataset
+    return cfg.path(csv), getattr(d, TASK_KEYS[role])
+
+def _check_roles_disjoint(cfg:Config, df:pd.DataFrame):
+    "`UserError` when one question of one CSV is selected for two roles (their task types overlap)."
+    src = df.role.map(lambda r: str(role_source(cfg, r)[0]))
+    dup = (src + "\0" + df.question_id.astype(str)).duplicated(keep=False)
+    if not dup.any(): return
+    keys = " and ".join(f"dataset.{TASK_KEYS[r]}" for r in ROLES if r in set(df.role[dup]))
+    raise UserError(f"{df.question_id[dup].nunique()} question(s) are selected for two roles (question ids "
+                    f"{', '.join(df.question_id[dup].unique()[:5])}): {keys} overlap; give each role task types of its own.")
 
 def experiment_questions(cfg:Config, exp_dir=None, roles=ROLES) -> pd.DataFrame:
     "Questions of every role with their `split`; written to / read from `<exp>/splits.csv`."
@@ -53,6 +70,7 @@ def experiment_questions(cfg:Config, exp_dir=None, roles=ROLES) -> pd.DataFrame:
             if role == "binding": raise
             log.warning("no %s questions: %s", role, e)
     df = pd.concat(parts, ignore_index=True).drop_duplicates(["question_id", "role"])
+    _check_roles_disjoint(cfg, df)
     df = split_by_image(df, cfg.dataset.split_fractions, cfg.dataset.split_seed)
     if exp_dir is not None:
         p = Path(exp_dir) / "splits.csv"
@@ -71,12 +89,22 @@ def questions_for(df:pd.DataFrame, split:str, role:str="binding") -> pd.DataFram
     return out
 
 # %% ../nbs/17_experiment.ipynb #37ca9a76
+def to_rgb(im):
+    "8-bit RGB of a PIL image of any mode; 16-bit and 32-bit greyscale are scaled to 0–255, not clipped."
+    import numpy as np
+    from PIL import Image
+    if im.mode.startswith("I") or im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        top = 1.0 if im.mode == "F" and a.max() <= 1 else 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(np.round(a / top * 255), 0, 255).astype(np.uint8), "L")
+    return im.convert("RGB")
+
 def question_images(paths) -> list:
-    "RGB PIL images of `paths` (the files are closed)."
+    "8-bit RGB PIL images of `paths` (the files are closed)."
     from PIL import Image
     out = []
     for p in paths:
-        with Image.open(p) as im: out.append(im.convert("RGB"))
+        with Image.open(p) as im: out.append(to_rgb(im))
     return out
 
 def question_options(rows:pd.DataFrame) -> list | None:
