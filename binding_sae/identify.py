@@ -261,7 +261,8 @@ def set_effects(vlm, sae, questions:pd.DataFrame, layer:int,
                 base:list, extra:list, # conditions as in `set_logit_diffs`
                 position_type:str="attribute", # positions edited
                 mode:str="residual", delta_scale:float=1.0,
-                batch_size:int=32, # questions per prefix batch (and rows per forward)
+                batch_size:int=32, # questions per prefix batch
+                max_rows:int|None=None, # rows (question × condition) per forward (default: batch_size)
                ) -> dict:
     "Per-question change [n, len(extra)] and baseline [n] over the questions with `position_type` positions and distinct first option tokens."
     change, baseline, keep = [], [], []
@@ -272,7 +273,7 @@ def set_effects(vlm, sae, questions:pd.DataFrame, layer:int,
         ok = np.array([len(p[position_type]) > 0 for p in batch.positions]) & distinct_first_tokens(vlm, t, f)
         if not ok.any(): continue
         d, b = set_logit_diffs(vlm, sae, layer, batch, batch.index(position_type), base, extra, t, f, mode, delta_scale,
-                               max_rows=batch_size)
+                               max_rows=max_rows or batch_size)
         m = torch.from_numpy(ok).to(d.device)
         change.append(d[m].cpu()); baseline.append(b[m].cpu()); keep += [sl.start + i for i in np.flatnonzero(ok)]
     if not keep:
