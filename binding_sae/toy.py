@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['logger', 'SPECIAL_TOKENS', 'PROMPT_TEMPLATE', 'IMAGE_SIZE', 'PATCH', 'N_IMAGE_TOKENS', 'PROBE_FAMILIES',
-           'build_tokenizer', 'build_processor', 'build_toy_llava', 'pixel_values', 'patch_features', 'render_pool',
-           'patch_labels', 'pretrain_vision', 'Sequencer', 'BatchStream', 'fast_logits', 'eval_questions',
-           'score_questions', 'family_accuracy', 'save_toy', 'load_toy', 'toy_train', 'toy_eval_scores', 'toy_eval',
-           'toy_train_cli', 'toy_eval_cli']
+__all__ = ['logger', 'SPECIAL_TOKENS', 'PROMPT_TEMPLATE', 'IMAGE_SIZE', 'PATCH', 'N_IMAGE_TOKENS', 'PREFIX_LEN', 'PROBE_FAMILIES',
+           'KNOCKOUT_FLOWS', 'build_tokenizer', 'build_processor', 'build_toy_llava', 'pixel_values', 'patch_features',
+           'render_pool', 'patch_labels', 'pretrain_vision', 'Sequencer', 'BatchStream', 'fast_logits', 'answer_rows',
+           'route_blocks', 'routed_mask', 'route_p', 'eval_questions', 'score_questions', 'family_accuracy', 'save_toy',
+           'load_toy', 'toy_train', 'toy_eval_scores', 'toy_eval', 'knockout_profile', 'toy_train_cli', 'toy_eval_cli']
 
 # %% ../nbs/14_toy.ipynb #28b478e1
 from tokenizers import Tokenizer, models as tk_models, normalizers, pre_tokenizers, processors
@@ -218,6 +218,44 @@ def fast_logits(model, feats:torch.Tensor, # vision features [B, 16, d_vision] o
     h = lm(inputs_embeds=emb, attention_mask=attention_mask).last_hidden_state
     return model.lm_head(h)
 
+# %% ../nbs/14_toy.ipynb #5d1e0a02
+PREFIX_LEN = 1 + N_IMAGE_TOKENS  # `<s>` + image tokens, the first positions of every training sequence
+
+def answer_rows(labels:torch.Tensor, # [B, T] training labels (-100 = no loss), as `Sequencer.batch` makes them
+                answer_word:bool=True, # also the template word `answer` before the last prompt token
+               ) -> torch.Tensor:
+    "Bool [B, T]: the rows of a QA sequence that produce an answer (answer tokens, the last prompt token, `answer`); none in captions."
+    lab = labels != -100
+    is_qa = ~lab[:, PREFIX_LEN]                            # captions put a loss on their first word, QA starts with a question
+    pred = torch.zeros_like(lab); pred[:, :-1] = lab[:, 1:]  # positions whose next token is an answer token
+    rows = pred | lab
+    if answer_word:
+        last = pred & ~lab                                 # the last prompt token (`:`) of each turn
+        rows[:, :-1] |= last[:, 1:]                        # ... and the word before it (`answer`)
+    return rows & is_qa[:, None]
+
+def route_blocks(rows:torch.Tensor, # [B, T] bool rows to cut off from the image (`answer_rows`)
+                ) -> torch.Tensor:
+    "Bool [B, T, T] in the knockout convention (True = target row may not attend to source column): `rows` × image columns."
+    img = torch.zeros(rows.shape[1], dtype=torch.bool, device=rows.device); img[1:PREFIX_LEN] = True
+    return rows[:, :, None] & img[None, None, :]
+
+def routed_mask(attention_mask:torch.Tensor, # [B, T] key padding (1 = token)
+                blocks:torch.Tensor, # [B, T, T] blocked pairs (`route_blocks`)
+                dtype:torch.dtype=torch.bool, # bool (sdpa: True = attend) or a float dtype (eager: additive 0 / min)
+               ) -> torch.Tensor:
+    "4-D attention mask [B, 1, T, T]: causal ∧ key padding ∧ ¬blocks."
+    T = attention_mask.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=attention_mask.device).tril()
+    m = (causal[None] & attention_mask.bool()[:, None, :] & ~blocks)[:, None]
+    if dtype == torch.bool: return m
+    return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, torch.finfo(dtype).min)
+
+def route_p(step:int, steps:int, p_early:float, p_late:float, switch:float) -> float:
+    "Share of QA sequences routed at `step`: `p_early` for the first `switch` fraction of the steps, then `p_late`."
+    return p_early if step < switch * steps else p_late
+
+
 # %% ../nbs/14_toy.ipynb #124d9421
 def eval_questions(n:int, # number of fresh scenes
                    seed:int, # world seed of the scenes
@@ -318,7 +356,8 @@ PROBE_FAMILIES = ('binding_choose', 'relation')
 
 # %% ../nbs/14_toy.ipynb #81ae7b0e
 def _train_once(seed, steps, device, pool_size, batch_size, lr, warmup, decay_fraction, vision_steps, probe_step,
-                probe_min, workers, log_every, model_kw):
+                probe_min, workers, log_every, model_kw, route=None):
+    "One training run; `route` = dict(p_early, p_late, switch, answer_word) turns on knockout augmentation."
     t0 = time.time()
     scenes, images = render_pool(pool_size, seed, 'train', workers)  # before CUDA is initialised (forks)
     model, processor = build_toy_llava(seed=seed, **model_kw)
@@ -337,26 +376,42 @@ def _train_once(seed, steps, device, pool_size, batch_size, lr, warmup, decay_fr
     params = [p for n, p in model.named_parameters() if not n.startswith('model.vision_tower')]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01, fused=str(device).startswith('cuda'))
     use_bf16 = str(device).startswith('cuda')
-    history = []
+    history, routed, check = [], dict(qa=0, blocked=0), None
+    gen = torch.Generator(device=device).manual_seed(seed)  # which QA sequences are routed
     model.train()
     for step in range(steps):
         idx, ids, att, labels = (t.to(device, non_blocking=True) for t in next(batches))
         for g in opt.param_groups: g['lr'] = _lr(step, steps, lr, warmup, decay_fraction)
+        mask, p = att, 0.0
+        if route:
+            p = route_p(step, steps, route['p_early'], route['p_late'], route['switch'])
+            rows = answer_rows(labels, route['answer_word'])
+            qa = rows.any(1); on = qa & (torch.rand(len(qa), generator=gen, device=device) < p)
+            routed['qa'] += int(qa.sum()); routed['blocked'] += int(on.sum())
+            mask = routed_mask(att, route_blocks(rows & on[:, None]))
+            if check is None:  # the 4-D path with nothing blocked must give the plain path's logits
+                model.eval()
+                with torch.no_grad():
+                    d = fast_logits(model, feats[idx], ids, routed_mask(att, route_blocks(torch.zeros_like(rows)))) - fast_logits(model, feats[idx], ids, att)
+                check = float(d[att.bool()].abs().max()); model.train()
+                if check > 1e-3: raise RuntimeError(f'The routed 4-D mask changes unblocked logits by {check:.2e}.')
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=use_bf16):
-            logits = fast_logits(model, feats[idx], ids, att)
+            logits = fast_logits(model, feats[idx], ids, mask)
         loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten())
         opt.zero_grad(set_to_none=True); loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
         if (step + 1) % log_every == 0 or step + 1 == probe_step:
             model.eval(); probe = {f: _probe(model, pfeats, pscenes, sq, random.Random(0), f) for f in PROBE_FAMILIES}
             model.train()
-            history.append(dict(step=step + 1, loss=float(loss.item()), probe=probe, time_s=round(time.time() - t0, 1)))
+            history.append(dict(step=step + 1, loss=float(loss.item()), probe=probe, time_s=round(time.time() - t0, 1),
+                                **(dict(route_p=p, routed_share=routed['blocked'] / max(1, routed['qa'])) if route else {})))
             logger.info('seed %d step %d loss %.4f probe %s (%.0f s)', seed, step + 1, loss.item(),
                         ' '.join(f'{k} {v:.3f}' for k, v in probe.items()), time.time() - t0)
             if step + 1 == probe_step and min(probe.values()) < probe_min:
                 return None, None, dict(seed=seed, plateau_at=step + 1, probe=probe, history=history)
     model.eval()
-    return model, processor, dict(seed=seed, vision_accuracy=vacc, history=history, time_s=time.time() - t0)
+    extra = dict(routed_qa_sequences=routed['blocked'], qa_sequences=routed['qa'], mask_check_max_abs_dlogit=check) if route else {}
+    return model, processor, dict(seed=seed, vision_accuracy=vacc, history=history, time_s=time.time() - t0, **extra)
 
 # %% ../nbs/14_toy.ipynb #3200a84e
 def toy_train(out_dir:str|Path='models/toy_llava', # checkpoint folder to write
@@ -376,6 +431,12 @@ def toy_train(out_dir:str|Path='models/toy_llava', # checkpoint folder to write
               eval_seed:int=1, # world seed of the evaluation scenes
               workers:int=None, # rendering processes (default: CPU count, at most 16)
               log_every:int=500, # steps between probe logs
+              route_p_early:float=0.0, # knockout augmentation: share of QA sequences routed (0 = off, the plain recipe)
+              route_p_late:float=None, # share after `route_switch` (default: `route_p_early`)
+              route_switch:float=1.0, # fraction of the steps trained with `route_p_early`
+              route_answer_word:bool=True, # also cut the template word `answer` off from the image
+              knockout_n:int=0, # fresh scenes for a knockout profile in the record (0 = none)
+              knockout_seed:int=7, # their world seed
               command:str=None, # the command line to record (default: the equivalent toy-train call)
               **model_kw, # passed to `build_toy_llava`
              ) -> dict:
@@ -383,12 +444,18 @@ def toy_train(out_dir:str|Path='models/toy_llava', # checkpoint folder to write
     from binding_sae.config import resolve_device
     device = resolve_device(device)
     workers = workers or min(16, os.cpu_count() or 1)
+    for k, v in dict(route_p_early=route_p_early, route_p_late=route_p_late, route_switch=route_switch).items():
+        if v is not None and not 0 <= v <= 1: raise UserError(f'--{k} must lie in [0, 1], got {v}.')
+    if knockout_n < 0: raise UserError(f'--knockout_n must be at least 0, got {knockout_n}.')
+    route_p_late = route_p_early if route_p_late is None else route_p_late
+    route = (dict(p_early=route_p_early, p_late=route_p_late, switch=route_switch, answer_word=bool(route_answer_word))
+             if route_p_early > 0 or route_p_late > 0 else None)
     t0, attempts = time.time(), []
     for k in range(max_restarts + 1):
         last = k == max_restarts  # the last attempt trains to the end whatever its probe says
         model, processor, rec = _train_once(seed + k, steps, device, pool_size, batch_size, lr, warmup, decay_fraction,
                                             vision_steps, probe_step, -1.0 if last else probe_min, workers, log_every,
-                                            model_kw)
+                                            model_kw, route)
         attempts.append(rec)
         if model is not None: break
     train_time = time.time() - t0
@@ -398,7 +465,9 @@ def toy_train(out_dir:str|Path='models/toy_llava', # checkpoint folder to write
     acc, greedy = family_accuracy(scores), family_accuracy(scores, 'greedy')
     args = dict(seed=seed, steps=steps, pool_size=pool_size, batch_size=batch_size, lr=lr, warmup=warmup,
                 decay_fraction=decay_fraction, vision_steps=vision_steps, probe_step=probe_step, probe_min=probe_min,
-                max_restarts=max_restarts, eval_n=eval_n, eval_seed=eval_seed, **model_kw)
+                max_restarts=max_restarts, eval_n=eval_n, eval_seed=eval_seed, workers=workers, log_every=log_every,
+                **(dict(route_p_early=route_p_early, route_p_late=route_p_late, route_switch=route_switch,
+                        route_answer_word=bool(route_answer_word)) if route else {}), **model_kw)
     record = dict(
         seed_used=rec['seed'], steps=steps, train_time_s=round(train_time, 1), device=str(device),
         n_parameters=sum(p.numel() for p in model.parameters()), arguments=args,
@@ -409,7 +478,13 @@ def toy_train(out_dir:str|Path='models/toy_llava', # checkpoint folder to write
                                                                dict(out_dir=out_dir, seed=seed, steps=steps).items()),
         eval_command=f'binding-sae toy-eval --json --n {eval_n} --seed {eval_seed}',
         versions=dict(torch=torch.__version__, transformers=__import__('transformers').__version__))
+    if route: record['route'] = dict(route, description='in a share p of the QA sequences the answer rows (answer tokens, '
+                                     "the last prompt token, the word 'answer') may not attend to the image tokens, in every "
+                                     'layer; p = p_early for the first `switch` fraction of the steps, then p_late; captions never')
     save_toy(model, processor, out_dir, record)
+    if knockout_n:
+        record['knockout'] = knockout_profile(out_dir, knockout_n, knockout_seed)
+        atomic_write_json(Path(out_dir) / 'training_record.json', record)
     logger.info('trained in %.0f s; held-out accuracy %s', train_time, acc)
     return record
 
@@ -433,6 +508,50 @@ def toy_eval(model_dir:str|Path='models/toy_llava', # checkpoint folder
     "Accuracy per question family (true beats false option) of a saved toy LLaVA on `n` fresh scenes."
     return family_accuracy(toy_eval_scores(model_dir, n, seed, device))
 
+# %% ../nbs/14_toy.ipynb #6e2f0b02
+KNOCKOUT_FLOWS = ('Image->Question', 'Image->Last', 'Question->Last')
+
+def knockout_profile(model_dir:str|Path='models/toy_llava', # checkpoint folder
+                     n:int=300, # fresh scenes (one question of `family` each)
+                     seed:int=7, # their world seed (keep it apart from the experiments' world seeds)
+                     flows:tuple=KNOCKOUT_FLOWS, # knockout flows (binding_sae.vlm.FLOWS)
+                     window:int=1, # layers blocked around each centre layer
+                     family:str='binding_choose', # question family
+                     device:str='cpu', # torch device
+                     batch_size:int=32, # questions per knockout batch
+                     n_bootstrap:int=1000, # bootstrap resamples of the CIs
+                    ) -> dict:
+    "Attention-knockout sweep on fresh scenes: per flow and layer the mean % change of the predicted token's probability (correct questions)."
+    from binding_sae.vlm import load_vlm, choose_option_variant
+    from binding_sae.ablate import knockout_batch, option_token_ids, bootstrap_mean_ci
+    if n < 1: raise UserError(f'--knockout_n must be at least 1, got {n}.')
+    if family not in FAMILIES: raise UserError(f'Unknown question family {family!r}; use one of {FAMILIES}.')
+    vlm = load_vlm(str(model_dir), dtype='float32', device=device, attn_implementation='eager')
+    rows, images = eval_questions(n, seed)
+    rows = [r for r in rows if r['type_detailed'] == family]
+    enc = lambda rb: vlm.encode([r['question'] for r in rb], [images[r['img_id']] for r in rb],
+                                [(r['true_option'], r['false_option']) for r in rb], pad_at='question')
+    opts = lambda rb, k: option_token_ids(vlm, [r[k] for r in rb])
+    g = rows[:16]
+    choose_option_variant(vlm, enc(g), [r['true_option'] for r in g], [r['false_option'] for r in g])
+    layers = list(range(vlm.n_layers))
+    pct, base_ok = [], []
+    for a in range(0, len(rows), batch_size):
+        rb = rows[a:a + batch_size]
+        r = knockout_batch(vlm, enc(rb), list(flows), layers, window, opts(rb, 'true_option'), opts(rb, 'false_option'))
+        ok = r['baseline']['correct'] > 0
+        pct.append(r['conditions']['pct_change_pred_token_prob'][ok]); base_ok.append(ok)
+    pct = np.concatenate(pct)
+    curves = {}
+    for j, fl in enumerate(flows):
+        cols = pct[:, j * len(layers):(j + 1) * len(layers)]
+        cis = [bootstrap_mean_ci(cols[:, k], n_bootstrap, seed=k) for k in range(len(layers))]
+        curves[fl] = dict(layers=layers, mean_pct_change=[round(float(v), 3) for v in cols.mean(0)],
+                          ci_low=[round(c[0], 3) for c in cis], ci_high=[round(c[1], 3) for c in cis])
+    return dict(n_scenes=n, seed=seed, family=family, window=window, n_questions=len(rows), n_correct=int(len(pct)),
+                baseline_accuracy=float(np.concatenate(base_ok).mean()), curves=curves,
+                metric='mean % change of the baseline-predicted token probability (correct questions, fp32, eager)')
+
 # %% ../nbs/14_toy.ipynb #91028642
 def toy_train_cli(argv:list=None):
     "Entry point of `binding-sae toy-train`."
@@ -447,6 +566,13 @@ def toy_train_cli(argv:list=None):
     p.add_argument('--workers', type=int, default=None, help='rendering / batching processes')
     p.add_argument('--d_model', type=int, default=128); p.add_argument('--n_layers', type=int, default=4)
     p.add_argument('--vision_layers', type=int, default=3)
+    p.add_argument('--route_p_early', type=float, default=0.0,
+                   help='knockout augmentation: share of QA sequences whose answer rows may not see the image (0 = off)')
+    p.add_argument('--route_p_late', type=float, default=None, help='that share after --route_switch (default: --route_p_early)')
+    p.add_argument('--route_switch', type=float, default=1.0, help='fraction of the steps trained with --route_p_early')
+    p.add_argument('--route_answer_word', type=int, default=1, choices=(0, 1), help="1 = also cut the word 'answer' off the image")
+    p.add_argument('--knockout_n', type=int, default=0, help='fresh scenes for a knockout profile in the training record')
+    p.add_argument('--knockout_seed', type=int, default=7)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
     cmd = 'binding-sae toy-train ' + ' '.join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
@@ -460,12 +586,20 @@ def toy_eval_cli(argv:list=None):
     p.add_argument('--model', default='models/toy_llava'); p.add_argument('--n', type=int, default=2000)
     p.add_argument('--seed', type=int, default=1); p.add_argument('--device', default='cpu')
     p.add_argument('--json', action='store_true', help='print only the JSON object')
+    p.add_argument('--knockout_n', type=int, default=0, help='also print the knockout profile on this many fresh scenes')
+    p.add_argument('--knockout_seed', type=int, default=7)
     a = p.parse_args(argv)
+    if a.knockout_n < 0: raise UserError(f'--knockout_n must be at least 0, got {a.knockout_n}.')
     scores = toy_eval_scores(a.model, a.n, a.seed, a.device)
     acc = family_accuracy(scores)
     if not a.json:
         g = family_accuracy(scores, 'greedy')
         for k in acc: print(f'{k:16s} {acc[k]:.4f}  (greedy {g[k]:.4f})')
+    if a.knockout_n:
+        kp = knockout_profile(a.model, a.knockout_n, a.knockout_seed, device=a.device)
+        if not a.json:
+            for fl, c in kp['curves'].items(): print(f'{fl:16s} ' + ' '.join(f'L{l} {v:+.1f}%' for l, v in zip(c['layers'], c['mean_pct_change'])))
+        print(json.dumps(dict(knockout=kp), sort_keys=True))
     print(json.dumps(acc, sort_keys=True))
     return acc
 
