@@ -287,7 +287,7 @@ def check_images_readable(paths, # image paths (repeats are checked once)
     probs = ((p, image_problem(p)) for p in tqdm(uniq, desc='checking images', disable=len(uniq) < 2000))
     bad = [(p, why) for p, why in probs if why is not None]
     if bad:
-        raise DataError(f"{len(bad)} of {len(uniq)} images cannot be read (corrupt or not an image): "
+        raise DataError(f"{len(bad)} of {len(uniq)} images cannot be read or used (corrupt, not an image, or an unusable size): "
                         f"{_first_few([f'{p} ({why})' for p, why in bad], 3)}; replace or remove them.")
 
 # %% ../nbs/11_data.ipynb #d4d33a9e
