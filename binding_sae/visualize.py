@@ -11,10 +11,12 @@ import pandas as pd
 from PIL import Image
 
 # %% auto #0
-__all__ = ['log', 'CSS', 'PAGE_CSS', 'FACTS', 'JS', 'DashboardError', 'read_dashboard_inputs', 'write_fixture_experiment',
+__all__ = ['log', 'ATTRIBUTES', 'CSS', 'PAGE_CSS', 'FACTS', 'JS', 'CHECK_LABELS', 'DashboardError', 'read_dashboard_inputs',
+           'write_fixture_experiment', 'attribute_base_rates', 'central_attributes', 'attribute_counts', 'selectivity',
            'tracked_values', 'is_tracked', 'tracks_text', 'histogram_svg', 'token_html', 'find_image', 'image_data_uri',
-           'scene_html', 'feature_effects', 'headline_effect', 'feature_table_html', 'feature_panel_html',
-           'dashboard_html', 'image_roots', 'question_texts', 'visualize_step', 'feature_browser']
+           'scene_html', 'feature_effects', 'headline_effect', 'rank_basis', 'feature_table_html', 'feature_panel_html',
+           'verdict_html', 'dashboard_html', 'image_roots', 'question_texts', 'base_rates', 'visualize_step',
+           'feature_browser']
 
 # %% ../nbs/05_visualize.ipynb #f534c362
 from .config import (Config, UserError, atomic_path, atomic_write_json, atomic_write_text, mark_done, project_root,
@@ -29,16 +31,18 @@ class DashboardError(UserError):
 
 def read_dashboard_inputs(exp_dir, # experiment folder
                          ) -> dict:
-    "The catalog, the feature stats and (None when absent) the ablation results of an experiment folder."
+    "The catalog, the feature stats and (None when absent) the ablation results and the hypothesis report of an experiment folder."
     exp = Path(exp_dir)
     catalog = read_step_json(exp / "feature_catalog.json", "identify", DashboardError)
     stats = read_step_json(exp / "feature_stats.json", "identify", DashboardError)
     for key, d, name in (("features", catalog, "feature_catalog.json"), ("examples", stats, "feature_stats.json")):
         if key not in d: raise DashboardError(f"{exp / name} has no {key!r} key: rerun step identify.")
-    abl_path = exp / "results" / "ablation_results.json"
+    abl_path, rep_path = exp / "results" / "ablation_results.json", exp / "analysis" / "hypothesis_report.json"
     ablation = read_step_json(abl_path, "ablate", DashboardError) if abl_path.exists() else None
     if ablation is None: log.warning("%s is missing: the dashboard shows no ablation effects", abl_path)
-    return dict(catalog=catalog, stats=stats, ablation=ablation)
+    report = read_step_json(rep_path, "analyze", DashboardError) if rep_path.exists() else None
+    if report is None: log.warning("%s is missing: the dashboard states no verdict", rep_path)
+    return dict(catalog=catalog, stats=stats, ablation=ablation, report=report)
 
 # %% ../nbs/05_visualize.ipynb #234bfe98
 def _examples_of(df:pd.DataFrame, acts:list, n:int, image_dir:Path) -> list:
@@ -62,83 +66,145 @@ def _as_photo(ex:dict, folder:Path, scale:int=5) -> dict:
     return {**ex, "image_path": str(p), "objects": [{**o, "bbox": sb(o["bbox"])} for o in ex["objects"]],
             "central_bbox": sb(ex["central_bbox"]) if ex["central_bbox"] else None}
 
-def _fixture_ablation(df:pd.DataFrame, fids:list, examples:dict, rng) -> dict:
+def _fixture_ablation(df:pd.DataFrame, fids:list, examples:dict, rng, n_sets:int=60) -> dict:
+    "Step-3 results on the fixture's questions: a binding condition the selected set hurts, a control and a readout condition it barely touches."
     qids, imgs = list(df.question_id), list(df.img_id)
     base = np.round(rng.normal(2.0, 0.5, len(df)), 4)
+    keys = ("logit_diff", "true_prob", "pred_token_prob", "gt_token_prob")
+    lists = lambda v: {k: np.round(v, 4).tolist() for k in keys} | {"correct": [int(x > 0) for x in v]}
     def cond(role, task, scale):
-        sel = np.round(base - scale * (0.8 + 0.2 * rng.random(len(df))), 4)
-        keys = ("logit_diff", "true_prob", "pred_token_prob", "gt_token_prob")
-        b = {k: base.tolist() for k in keys} | {"correct": [int(v > 0) for v in base]}
-        s = {k: sel.tolist() for k in keys} | {"correct": [int(v > 0) for v in sel]}
+        hit = lambda s: base - s * (0.8 + 0.2 * rng.random(len(df)))
         per = {}
         for j, f in enumerate(fids):
             q = [e["question_id"] for e in examples[f]]
             eff = np.round(-scale * (1.0 - 0.25 * j) * (0.6 + 0.4 * rng.random(len(q))), 4).tolist()
             per[str(f)] = {"mean_effect": {"logit_diff": float(np.mean(eff))}, "question_id": q, "effect": eff}
-        rnd = [sorted(int(v) for v in rng.choice(64, len(fids), replace=False)) for _ in range(5)]
+        rnd = [sorted(int(v) for v in rng.choice(64, len(fids), replace=False)) for _ in range(n_sets)]
         return {"condition": f"attribute|residual|1.0|{task}", "position_type": "attribute", "mode": "residual",
-                "delta_scale": 1.0, "task": task, "role": role, "question_id": qids, "img_id": imgs, "n_skipped": 0,
-                "baseline": b, "selected": s, "reconstruction_only": None,
-                "random": {"feature_sets": rnd, "mean_effect": {"logit_diff": np.round(-0.1 * rng.random(5), 4).tolist()}},
+                "delta_scale": 1.0, "task": task, "role": role, "question_id": qids, "img_id": imgs,
+                "true_option": [str(t) for t in df["true option"]], "n_skipped": 0,
+                "baseline": lists(base), "selected": lists(hit(scale)), "reconstruction_only": None,
+                "baselines": {"top_mean_activation": lists(hit(0.4 * scale)), "top_firing_rate": lists(hit(0.3 * scale))},
+                "ceiling": {"all_latents_replace": lists(hit(1.8)), "zero_residual": lists(hit(2.0))},
+                "random": {"feature_sets": rnd, "mean_effect": {"logit_diff": np.round(-0.1 * rng.random(n_sets), 4).tolist()}},
                 "per_feature": per}
+    matching = {"method": "fixture", "n_pool": 40, "n_draws": n_sets, "selected_mean_firing_rate": 0.05, "random_mean_firing_rate": 0.05,
+                "selected_mean_decoded_norm": 1.0, "random_mean_decoded_norm": 1.0, "smd_log_firing_rate": 0.02,
+                "smd_log_decoded_norm": -0.03, "max_abs_smd": 0.03, "poor": False, "max_match_smd": 0.25}
     return {"metadata": {"config_hash": "fixture", "primary_metric": "logit_diff", "selected_feature_ids": fids,
-                         "n_random_sets": 5, "seed": 0},
-            "conditions": [cond("binding", "binding_choose", 1.0), cond("control", "control", 0.1)]}
+                         "n_random_sets": n_sets, "min_attainable_p": 1 / (n_sets + 1), "seed": 0, "matching": matching,
+                         "position_type": "attribute", "mode": "residual", "delta_scale": 1.0,
+                         "baselines": {"top_mean_activation": {"feature_ids": fids, "chosen_by": "fixture"},
+                                       "top_firing_rate": {"feature_ids": fids, "chosen_by": "fixture"}}},
+            "conditions": [cond("binding", "binding_choose", 1.0), cond("control", "control", 0.05), cond("readout", "color_single", 0.05)]}
 
 def write_fixture_experiment(exp_dir, # folder to write (created)
                              n_features:int=3, # features in the catalog (at most the number of colours)
-                             n_examples:int=3, # top examples per feature
-                             n_scenes:int=8, # world scenes (images)
+                             n_examples:int=5, # top examples per feature
+                             n_scenes:int=20, # world scenes (images)
                              seed:int=0, # world and noise seed
                              sae_width:int=64, # SAE width recorded in the files
                             ) -> Path:
-    "Write a small schema-conformant experiment folder (world, catalog, stats, ablation results) with planted features."
+    "Write a small schema-conformant experiment folder (world, catalog, stats, ablation results, report) with planted features."
     from binding_sae.world import make_world, split_words, COLORS
+    from binding_sae.analyze import build_report
     exp = Path(exp_dir); exp.mkdir(parents=True, exist_ok=True)
     csv = make_world(exp / "world", n_scenes=n_scenes, seed=seed, families=("binding_choose", "binding_query"))
     df = pd.read_csv(csv, dtype={"question_id": str, "img_id": str})
     df["tokens"] = [split_words(q) for q in df.question]
     rng = np.random.default_rng(seed)
-    words = [w for t in df.tokens for w in t if w in COLORS]
-    colours = sorted(set(words), key=lambda c: (-words.count(c), c))[:n_features]
+    fires = lambda c: list(df["central object color"] == c)  # questions about an object of that colour...
+    at = lambda c, t, shape: [w == (c if c in t else shape) for w in t]  # ...at its colour word, else at the object's name
+    colours = sorted(COLORS, key=lambda c: (-sum(fires(c)), c))[:n_features]
     fids = [int(v) for v in rng.choice(sae_width, len(colours), replace=False)]
     features, stats_ex = [], {}
     firing, mean_act, score = np.zeros(sae_width), np.zeros(sae_width), np.zeros(sae_width)
     for j, (f, c) in enumerate(zip(fids, colours)):
-        acts = [[round(float(1.5 + rng.random()) if w == c else float(0.05 * rng.random()), 4) for w in t] for t in df.tokens]
+        acts = [[round(float(1.5 + rng.random()) if hit and on else float(0.05 * rng.random()), 4) for hit in at(c, t, shape)]
+                for t, on, shape in zip(df.tokens, fires(c), df["central object shape"])]
         flat = np.concatenate([np.array(a) for a in acts])
         exs = _examples_of(df, acts, n_examples, csv.parent / "images")
         if j == len(colours) - 1: exs[0] = _as_photo(exs[0], csv.parent)
         peak = [e["tokens"][int(np.argmax(e["activations"]))] for e in exs]
-        shapes = [next((o["shape"] for o in e["objects"] if o["bbox"] == e["central_bbox"]), None) for e in exs]
+        fired = df[[max(a) > 0.5 for a in acts]]
         firing[f], mean_act[f], score[f] = round(float((flat > 0.5).mean()), 4), round(float(flat.mean()), 4), round(0.9 - 0.2 * j, 4)
         counts, edges = np.histogram(flat[flat > 0.01], bins=12, range=(0.0, 2.5))
         stats_ex[str(f)] = {"histogram": {"edges": np.round(edges, 4).tolist(), "counts": counts.tolist()}, "top_examples": exs}
-        families = pd.Series([e["type_detailed"] for e in exs]).value_counts()
+        families = fired["type_detailed"].value_counts()
+        frac = lambda col: {str(v): round(float(x), 4) for v, x in fired[col].value_counts(normalize=True).sort_index().items()}
         features.append(dict(feature_id=f, rank=j + 1, score=float(score[f]), binding_score=float(score[f]),
             verified_effect=round(-0.5 + 0.1 * j, 4), smd=round(1.2 - 0.3 * j, 4), auroc=round(0.85 - 0.05 * j, 4),
             discrimination_score=None, mean_activation_correct=round(0.3 - 0.05 * j, 4), mean_activation_incorrect=0.1,
             firing_rate=float(firing[f]), mean_activation=float(mean_act[f]),
             top_tokens=[[t, peak.count(t)] for t in sorted(set(peak), key=lambda t: (-peak.count(t), t))],
             top_families=[[t, int(n)] for t, n in sorted(families.items())],
-            tracks={"color": {v: round(peak.count(v) / len(peak), 4) for v in sorted(set(peak)) if v in COLORS},
-                    "shape": {v: round(shapes.count(v) / len(shapes), 4) for v in sorted(set(s for s in shapes if s))}}))
+            tracks={"color": frac("central object color"), "shape": frac("central object shape")}))
     meta = {"config_hash": "fixture", "model": "fixture (world questions, planted features)", "layer": 2,
-            "position_type": "attribute", "score": "binding", "sae_width": sae_width, "n_select_questions": len(df),
-            "n_correct": len(df) * 3 // 4, "n_incorrect": len(df) - len(df) * 3 // 4}
+            "position_type": "attribute", "score": "binding", "selection": "ranked", "sae_width": sae_width,
+            "n_select_questions": len(df), "n_correct": len(df) * 3 // 4, "n_incorrect": len(df) - len(df) * 3 // 4}
     atomic_write_json(exp / "feature_catalog.json", {"metadata": meta, "selected_feature_ids": fids, "features": features})
     atomic_write_json(exp / "feature_stats.json", {"metadata": meta, "examples": stats_ex, "all_features": {
         "firing_rate": firing.tolist(), "mean_activation": mean_act.tolist(), "score": score.tolist()}})
     examples = {f: stats_ex[str(f)]["top_examples"] for f in fids}
-    atomic_write_json(exp / "results" / "ablation_results.json", _fixture_ablation(df, fids, examples, rng))
+    ablation = _fixture_ablation(df, fids, examples, rng, n_sets=200)
+    atomic_write_json(exp / "results" / "ablation_results.json", ablation)
+    atomic_write_json(exp / "analysis" / "hypothesis_report.json", build_report(ablation, n_bootstrap=200, seed=seed))
     return exp
 
 # %% ../nbs/05_visualize.ipynb #855cfdb5
-def tracked_values(tracks:dict|None, # a catalog feature's `tracks`: attribute → value → fraction of top examples
-                   min_frac:float=0.5, # smallest fraction that counts as tracked
+ATTRIBUTES = ("color", "shape")  # central-object attributes whose selectivity is tested
+
+def attribute_base_rates(questions:pd.DataFrame, # question rows with `central object color` / `central object shape`
+                        ) -> dict:
+    "{attribute: {value: share of the questions whose central object has it}} (questions without one left out)."
+    out = {}
+    for a in ATTRIBUTES:
+        col = f"central object {a}"
+        if col in questions and questions[col].notna().any():
+            out[a] = {str(v): float(x) for v, x in questions[col].dropna().astype(str).value_counts(normalize=True).sort_index().items()}
+    return out
+
+def central_attributes(example:dict, # a top example (objects, central_bbox)
+                      ) -> dict:
+    "The central object's {attribute: value} of an example (empty when it has none)."
+    obj = next((o for o in example.get("objects") or [] if example.get("central_bbox") and list(o["bbox"]) == list(example["central_bbox"])), None)
+    return {a: obj[a] for a in ATTRIBUTES if obj and obj.get(a)}
+
+def attribute_counts(feature:dict, # a catalog feature
+                     examples:list, # its top examples
+                    ) -> dict:
+    "{attribute: {value: count}}: the catalog's `tracks_counts` when recorded, else the central objects of the top examples."
+    if feature.get("tracks_counts"): return {a: dict(c) for a, c in feature["tracks_counts"].items() if a in ATTRIBUTES}
+    out = {}
+    for ex in examples or []:
+        for a, v in central_attributes(ex).items(): out.setdefault(a, {})[v] = out.setdefault(a, {}).get(v, 0) + 1
+    return out
+
+def selectivity(counts:dict, # {attribute: {value: count}}
+                base_rates:dict|None, # {attribute: {value: share among the select questions}}
+                alpha:float=0.05, # Holm-corrected level of "preferred"
+               ) -> dict:
+    "{attribute: [{value, k, n, share, ci_low, ci_high, base_rate, p, holm_p, preferred}], most preferred first}; {} without base rates."
+    from scipy.stats import binomtest
+    from statsmodels.stats.multitest import multipletests
+    out = {}
+    for a, c in sorted(counts.items()):
+        base, n = (base_rates or {}).get(a), sum(c.values())
+        if not base or not n: continue
+        rows = []
+        for v, k in sorted(c.items()):
+            r = binomtest(int(k), n, min(max(float(base.get(v, 0.0)), 1e-12), 1.0), alternative="greater")
+            ci = binomtest(int(k), n).proportion_ci(0.95, method="exact")  # two-sided Clopper–Pearson
+            rows.append(dict(value=v, k=int(k), n=n, share=k / n, ci_low=float(ci.low), ci_high=float(ci.high),
+                             base_rate=float(base.get(v, 0.0)), p=float(r.pvalue)))
+        for r, hp in zip(rows, multipletests([r["p"] for r in rows], method="holm")[1]): r.update(holm_p=float(hp), preferred=bool(hp < alpha))
+        out[a] = sorted(rows, key=lambda r: (not r["preferred"], r["holm_p"], -r["share"], r["value"]))
+    return out
+
+def tracked_values(sel:dict, # from `selectivity`
                   ) -> dict:
-    "The attribute values a toy-world feature tracks: attribute → set of values with at least `min_frac`."
-    out = {a: {v for v, f in fr.items() if f >= min_frac} for a, fr in (tracks or {}).items()}
+    "The attribute values a feature prefers: attribute → set of preferred values."
+    out = {a: {r["value"] for r in rows if r["preferred"]} for a, rows in sel.items()}
     return {a: vs for a, vs in out.items() if vs}
 
 def is_tracked(obj:dict, # an object {color, shape, bbox}
@@ -148,14 +214,16 @@ def is_tracked(obj:dict, # an object {color, shape, bbox}
     return bool(tracked) and all(obj.get(a) in vs for a, vs in tracked.items())
 
 def tracks_text(feature:dict, # a catalog feature
+                sel:dict|None=None, # its `selectivity`
                 n_tokens:int=3, # peak tokens to name
                ) -> str:
-    "One line on what a feature tracks: its dominant attribute values (toy world) and its most frequent peak tokens."
+    "One line on what a feature tracks: its preferred values against their base rates (or 'no clear preference'), then its peak tokens."
     parts = []
-    for a, fr in sorted((feature.get("tracks") or {}).items()):
-        if fr:
-            v, f = sorted(fr.items(), key=lambda kv: (-kv[1], kv[0]))[0]
-            parts.append(f"{a} {v} {f:.0%}")
+    for a, rows in sorted((sel or {}).items()):
+        pref = [r for r in rows if r["preferred"]]
+        parts += [f"{a} {r['value']} {r['k']}/{r['n']} = {r['share']:.0%} (95 % CI {r['ci_low']:.0%}–{r['ci_high']:.0%}; base {r['base_rate']:.0%})" for r in pref]
+    if sel and not any(r["preferred"] for rows in sel.values() for r in rows):
+        parts.append(f"no clear preference over {' or '.join(sorted(sel))} ({max(rows[0]['n'] for rows in sel.values())} questions)")
     toks = [str(t) for t, _ in (feature.get("top_tokens") or [])[:n_tokens]]
     if toks: parts.append("tokens: " + ", ".join(toks))
     return " · ".join(parts) or "—"
@@ -330,6 +398,10 @@ CSS = """
 .bsae .tok{padding:2px 2px;border-radius:3px} .bsae .tok.peak{outline:1.5px solid #c05600}
 .bsae .nw{white-space:nowrap}
 .bsae a{color:#1565c0;text-decoration:none} .bsae a:hover{text-decoration:underline}
+.bsae section.verdict{border-left:8px solid #888;border-radius:8px;padding:12px 18px;margin:12px 0 14px;background:#fff}
+.bsae section.verdict.ok{border-color:#2e7d32;background:#eef7ee} .bsae section.verdict.no{border-color:#c62828;background:#fdf0f0}
+.bsae section.verdict h2{font-size:20px} .bsae .headline{font-size:14.5px;margin:4px 0 8px}
+.bsae .chk{white-space:nowrap;font-weight:600} .bsae .chk.passed{color:#2e7d32} .bsae .chk.failed{color:#c62828} .bsae .chk.nm{color:#8a6d00}
 """
 PAGE_CSS = "body{margin:0;background:#f5f6fa}main.bsae{max-width:1240px;margin:0 auto;padding:22px 26px 60px}"
 
@@ -342,24 +414,39 @@ def _effect_cell(e) -> str:
 
 def _pct(x) -> str: return "—" if x is None else f"{100 * float(x):.2f}%"
 
+def rank_basis(catalog:dict, # feature_catalog.json
+              ) -> tuple:
+    "(catalog key, column title) of what step 2's rank order follows: greedy marginal gain, verified effect, or the score."
+    m, feats = catalog.get("metadata") or {}, catalog.get("features") or []
+    if m.get("selection") == "greedy" and any(f.get("marginal_gain") is not None for f in feats):
+        return "marginal_gain", "Ranked by: marginal gain on select (greedy order)"
+    if m.get("score", "binding") == "binding" and any(f.get("verified_effect") is not None for f in feats):
+        return "verified_effect", "Ranked by: verified Δ on select (most negative first; unverified after, by score)"
+    return "score", f"Ranked by: score ({m.get('score', 'score')})"
+
 def feature_table_html(features:list, # catalog features
                        effects:dict, # from `feature_effects`
                        score_name:str="score", # the configured score (catalog metadata `score`)
                        metric:str="logit_diff", # the ablation metric
+                       basis:tuple=("score", "Ranked by: score"), # from `rank_basis`
+                       tracks:dict|None=None, # feature id → `tracks_text`
                       ) -> str:
-    "The sortable feature table: rank, feature id, score, firing rate, ablation effect alone, what it tracks."
-    head = [("Rank", "num"), ("Feature", "num"), (f"Score ({score_name})", "num"), ("Firing rate", "num"),
-            (f"Δ {metric}, ablated alone", "num"), ("What it tracks", "")]
+    "The sortable feature table: rank, feature id, what the rank follows, score, firing rate, ablation effect alone, what it tracks."
+    key, title = basis
+    head = ([("Rank", "num"), ("Feature", "num"), (title, "num")] + ([(f"Score ({score_name})", "num")] if key != "score" else [])
+            + [("Firing rate", "num"), (f"Δ {metric}, ablated alone", "num"), ("What it tracks (vs base rate)", "")])
     ths = "".join(f'<th data-col="{i}" class="{c}" title="click to sort">{html.escape(h)}</th>' for i, (h, c) in enumerate(head))
+    num = lambda v: f'<td class="num" data-v="{"" if v is None else repr(v)}">{_g(v)}</td>'
     rows = []
     for f in sorted(features, key=lambda f: (f.get("rank", 1e9), f["feature_id"])):
         fid = int(f["feature_id"])
+        tr = (tracks or {}).get(fid) or tracks_text(f)
         rows.append(f'<tr data-href="#f{fid}"><td class="num" data-v="{f.get("rank")}">{f.get("rank")}</td>'
-                    f'<td class="num" data-v="{fid}"><a href="#f{fid}">{fid}</a></td>'
-                    f'<td class="num" data-v="{f.get("score")!r}">{_g(f.get("score"))}</td>'
-                    f'<td class="num" data-v="{f.get("firing_rate")!r}">{_pct(f.get("firing_rate"))}</td>'
+                    f'<td class="num" data-v="{fid}"><a href="#f{fid}">{fid}</a></td>' + num(f.get(key))
+                    + (num(f.get("score")) if key != "score" else "")
+                    + f'<td class="num" data-v="{f.get("firing_rate")!r}">{_pct(f.get("firing_rate"))}</td>'
                     + _effect_cell(headline_effect(effects.get(fid, []))) +
-                    f'<td data-v="{html.escape(tracks_text(f))}">{html.escape(tracks_text(f))}</td></tr>')
+                    f'<td data-v="{html.escape(tr)}">{html.escape(tr)}</td></tr>')
     return f'<table class="features" id="features"><thead><tr>{ths}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 # %% ../nbs/05_visualize.ipynb #a4de1828
@@ -367,12 +454,12 @@ FACTS = [("score", "score"), ("binding_score", "binding score"), ("verified_effe
          ("auroc", "AUROC"), ("discrimination_score", "discrimination"), ("mean_activation_correct", "mean act. (correct)"),
          ("mean_activation_incorrect", "mean act. (incorrect)"), ("mean_activation", "mean activation")]
 
-def _facts_html(f:dict) -> str:
+def _facts_html(f:dict, tracks:str) -> str:
     items = [f'<span>{label} <b>{_g(f.get(k))}</b></span>' for k, label in FACTS if f.get(k) is not None]
     items.insert(1, f'<span>firing rate <b>{_pct(f.get("firing_rate"))}</b></span>')
     fam = ", ".join(f"{html.escape(str(t))} ({n})" for t, n in (f.get("top_families") or []))
     if fam: items.append(f"<span>top families <b>{fam}</b></span>")
-    items.append(f'<span>tracks <b>{html.escape(tracks_text(f))}</b></span>')
+    items.append(f'<span>tracks <b>{html.escape(tracks)}</b></span>')
     return f'<div class="facts">{"".join(items)}</div>'
 
 def _ablation_html(entries:list, question_text:dict, n_bars:int=8) -> str:
@@ -416,7 +503,7 @@ def feature_panel_html(feature:dict, # a catalog feature
                        question_text:dict|None=None, # question_id → question, for the ablation bars
                        roots:tuple=(), # folders relative image paths are relative to
                        cache:dict|None=None, # image cache shared across panels
-                       min_frac:float=0.5, # see `tracked_values`
+                       base_rates:dict|None=None, # {attribute: {value: share among select questions}} (see `selectivity`)
                       ) -> str:
     "One feature's panel: facts, activation histogram, ablation of it alone, top-activating questions with images."
     fid, cache = int(feature["feature_id"]), {} if cache is None else cache
@@ -428,10 +515,11 @@ def feature_panel_html(feature:dict, # a catalog feature
     vmax = max([float(a) for e in exs for a in e.get("activations", [])] + [0.0]) or 1.0
     h = headline_effect(effects)
     effect_of = dict(zip(h["question_id"], h["effect"])) if h else {}
-    tracked = tracked_values(feature.get("tracks"), min_frac)
+    sel = selectivity(attribute_counts(feature, exs), base_rates)
+    tracked = tracked_values(sel)
     cards = "".join(_example_html(e, vmax, tracked, effect_of, roots, cache) for e in exs) or '<p class="small">no examples recorded</p>'
     return (f'<section class="panel" id="f{fid}"><h2>Feature {fid} <span class="small">rank {feature.get("rank")}</span></h2>'
-            f'{_facts_html(feature)}<div class="row">{hist_html}{_ablation_html(effects, question_text or {})}</div>'
+            f'{_facts_html(feature, tracks_text(feature, sel))}<div class="row">{hist_html}{_ablation_html(effects, question_text or {})}</div>'
             f'<h3>Top-activating questions <span class="small">(token colour ∝ activation, full colour = {_g(vmax)}; '
             f'hover a token for its value)</span></h3><div class="examples">{cards}</div>'
             f'<p class="small"><a href="#features">↑ feature table</a></p></section>')
@@ -491,14 +579,72 @@ def _meta_html(catalog:dict, ablation:dict|None) -> str:
     else: parts.append("<b>no ablation results</b> (step 3 not run)")
     return f'<div class="meta">{" · ".join(parts)}</div>'
 
+CHECK_LABELS = {"matching": "random sets matched to the selected set", "ceiling": "ceiling: everything at the positions removed",
+                "significance": "beats matched random sets (Holm)", "direction": "ablation lowers the metric",
+                "min_effect": "drop reaches the pre-registered bar", "specificity": "control questions not comparably hurt",
+                "baselines": "beats every trivial baseline", "answer_share": "drop not carried by one answer value",
+                "readout_control": "colour questions without binding not comparably hurt", "questions": "questions"}
+
+def _p(x) -> str: return "—" if x is None else f"{100 * float(x):.3g} %"
+
+def _check_numbers(name:str, r:dict, report:dict) -> str:
+    "The numbers behind one check of the verdict, in words."
+    s, m = report.get("summary") or {}, report.get("metadata") or {}
+    b = r.get("mean_baseline")
+    if name == "min_effect":
+        ci = (f" (95 % CI {_p(-r['ci_high'] / b)} to {_p(-r['ci_low'] / b)})" if r.get("ci_low") is not None and b else "")
+        return f"selected set: {_p(r.get('relative_drop'))} drop{ci}; bar {_p(m.get('min_relative_drop'))}"
+    if name == "significance":
+        return (f"permutation p {_g(r.get('permutation_p'))}, Holm p {_g(r.get('holm_p'))} (smallest attainable {_g(s.get('min_attainable_p'))}, "
+                f"after Holm {_g(s.get('min_attainable_holm_p'))}); {_p(r.get('random_drop_fraction_below_10pct'))} of "
+                f"{r.get('n_random_sets')} random sets drop less than 10 %")
+    if name == "direction": return f"mean Δ {_g(r.get('mean_effect'), signed=True)} on a baseline of {_g(b)}"
+    if name == "specificity":
+        return "; ".join(f"{t}: {_p(v)}" for t, v in (r.get("control_relative_drops") or {}).items()) or "no control questions"
+    if name == "baselines":
+        return "; ".join(f"{n}: {_p(x.get('relative_drop'))} (Holm p {_g(x.get('holm_p'))})" for n, x in (r.get("baselines") or {}).items()) or "not run"
+    if name == "ceiling":
+        return "; ".join(f"{n.replace('_', ' ')}: {_p(x.get('relative_drop'))}" for n, x in (r.get("ceiling") or {}).items()) or "not run"
+    if name == "answer_share":
+        return (f"largest share {_p(r.get('answer_max_share'))} on {r.get('answer_max_value')!r} over {r.get('n_answer_values')} answer values; "
+                f"bound {_p(m.get('readout_max_share'))}" if r.get("answer_max_share") is not None else "no answer values recorded")
+    if name == "readout_control": return f"readout drop {_p(r.get('readout_relative_drop'))} vs binding {_p(r.get('relative_drop'))}"
+    if name == "matching": return s.get("matching") or ""
+    return ""
+
+def verdict_html(report:dict|None, # analysis/hypothesis_report.json (None = not run)
+                ) -> str:
+    "The verdict first: supported or not in words with the primary numbers, the bar, and each check with its numbers."
+    if not report: return '<section class="verdict none"><h2>No verdict yet</h2><p>analysis/hypothesis_report.json is missing: run step analyze.</p></section>'
+    rows = {r["condition"]: r for r in report.get("conditions", [])}
+    r, ok = rows.get(report.get("primary_condition")), bool(report.get("hypothesis_supported"))
+    if r is None: return f'<section class="verdict no"><h2>Verdict: no binding condition</h2><p>{html.escape(str((report.get("summary") or {}).get("headline", "")))}</p></section>'
+    state = {"passed": ("passed", "✓"), "failed": ("failed", "✗"), "not measured": ("nm", "?")}
+    checks = "".join(f'<tr><td class="chk {state[v][0]}">{state[v][1]} {v}</td><td>{html.escape(CHECK_LABELS.get(k, k))}</td>'
+                     f'<td class="small">{html.escape(_check_numbers(k, r, report))}</td></tr>' for k, v in (r.get("checks") or {}).items())
+    R = r.get("knockout_recovery") or {}
+    rec = (f'<p class="small">Knockout recovery: the ablation removes R = <b>{_g(R.get("R"))}</b> (95 % CI {_g(R.get("ci_low"))} to '
+           f'{_g(R.get("ci_high"))}, {R.get("n_questions")} questions) of what blocking image → question attention at layers '
+           f'{html.escape(str(R.get("layers")))} removes.</p>' if R else "")
+    others = "".join(f'<tr><td>{html.escape(c["condition"])}</td><td class="num">{_p(c.get("relative_drop"))}</td>'
+                     f'<td class="chk {"passed" if c.get("hypothesis_supported") else "failed"}">{"supported" if c.get("hypothesis_supported") else "not supported"}</td>'
+                     f'<td class="small">{html.escape(str(c.get("verdict_reason")))}</td></tr>'
+                     for c in rows.values() if c.get("role") == "binding" and c["condition"] != r["condition"])
+    others = (f'<h3>Other binding conditions (secondary)</h3><table class="abl"><tr><th>condition</th><th>drop</th><th>verdict</th>'
+              f'<th>why</th></tr>{others}</table>' if others else "")
+    return (f'<section class="verdict {"ok" if ok else "no"}" id="verdict"><h2>Verdict: {"SUPPORTED" if ok else "NOT SUPPORTED"} '
+            f'<span class="small">primary condition {html.escape(r["condition"])}</span></h2>'
+            f'<p class="headline">{html.escape(str((report.get("summary") or {}).get("headline", "")))}</p>'
+            f'<table class="abl checks">{checks}</table>{rec}{others}</section>')
+
 def dashboard_html(inputs:dict, # from `read_dashboard_inputs`
                    title:str="binding_sae feature dashboard", # page title
                    question_text:dict|None=None, # question_id → question (ablation bars)
                    roots:tuple=(), # folders relative image paths are relative to
-                   min_frac:float=0.5, # see `tracked_values`
+                   base_rates:dict|None=None, # {attribute: {value: share among select questions}} (see `selectivity`)
                   ) -> str:
     "The whole self-contained dashboard page (inline CSS, JS, SVG and data-URI images)."
-    catalog, stats, ablation = inputs["catalog"], inputs["stats"], inputs["ablation"]
+    catalog, stats, ablation, report = inputs["catalog"], inputs["stats"], inputs["ablation"], inputs.get("report")
     feats = sorted(catalog["features"], key=lambda f: (f.get("rank", 1e9), f["feature_id"]))
     effects = feature_effects(ablation)
     metric = next((e[0]["metric"] for e in effects.values() if e), (ablation or {}).get("metadata", {}).get("primary_metric", "logit_diff"))
@@ -506,13 +652,15 @@ def dashboard_html(inputs:dict, # from `read_dashboard_inputs`
                                          for x in e.get("top_examples", []) if x.get("question")}}
     cache = {}
     panels = "".join(feature_panel_html(f, stats["examples"].get(str(f["feature_id"])), effects.get(int(f["feature_id"]), []),
-                                        texts, roots, cache, min_frac) for f in feats)
+                                        texts, roots, cache, base_rates) for f in feats)
+    exs = lambda f: (stats["examples"].get(str(f["feature_id"])) or {}).get("top_examples") or []
+    tracks = {int(f["feature_id"]): tracks_text(f, selectivity(attribute_counts(f, exs(f)), base_rates)) for f in feats}
     score_name = (catalog.get("metadata") or {}).get("score", "score")
-    table = feature_table_html(feats, effects, score_name, metric) if feats else '<p>The catalog lists no features.</p>'
+    table = feature_table_html(feats, effects, score_name, metric, rank_basis(catalog), tracks) if feats else '<p>The catalog lists no features.</p>'
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
             f'<title>{html.escape(title)}</title><style>{PAGE_CSS}{CSS}</style></head>\n'
-            f'<body><main class="bsae"><h1>{html.escape(title)}</h1>{_meta_html(catalog, ablation)}{_legend_html(metric)}'
+            f'<body><main class="bsae"><h1>{html.escape(title)}</h1>{verdict_html(report)}{_meta_html(catalog, ablation)}{_legend_html(metric)}'
             f'<h2 style="margin-top:14px">{len(feats)} features <span class="small">(click a header to sort, a row to open its panel)</span></h2>'
             f'{table}\n{panels}</main>\n<script>{JS}</script></body></html>\n')
 
@@ -522,16 +670,33 @@ def image_roots(cfg:Config, exp_dir) -> tuple:
     roots = [cfg.path(cfg.dataset.image_folder), cfg.base_dir, project_root(exp_dir), exp_dir]
     return tuple(dict.fromkeys(Path(r) for r in roots if r))
 
-def question_texts(cfg:Config) -> dict:
-    "question_id → question from the config's question CSVs that exist (binding, control, relation)."
-    texts = {}
-    for key in ("refined_dataset", "control_dataset", "relation_dataset"):
-        p = cfg.path(getattr(cfg.dataset, key))
+def _question_frames(cfg:Config, columns:list) -> list:
+    "The config's question CSVs that exist (binding, control, relation, readout), read with the `columns` they have."
+    out = []
+    for key in ("refined_dataset", "control_dataset", "relation_dataset", "readout_dataset"):
+        p = cfg.path(getattr(cfg.dataset, key, None))
         if p is None or not Path(p).is_file(): continue
-        try: df = pd.read_csv(p, usecols=["question_id", "question"], dtype=str)
+        try: out.append(pd.read_csv(p, usecols=lambda c: c in columns, dtype=str))
         except ValueError: continue
-        texts.update(zip(df.question_id, df.question))
+    return out
+
+def question_texts(cfg:Config) -> dict:
+    "question_id → question from the config's question CSVs that exist."
+    texts = {}
+    for df in _question_frames(cfg, ["question_id", "question"]):
+        if {"question_id", "question"} <= set(df.columns): texts.update(zip(df.question_id, df.question))
     return texts
+
+def base_rates(cfg:Config, exp_dir) -> dict:
+    "`attribute_base_rates` of the run's `select` questions (all questions when `<exp>/splits.csv` is missing)."
+    frames = [df for df in _question_frames(cfg, ["question_id"] + [f"central object {a}" for a in ATTRIBUTES]) if "question_id" in df]
+    if not frames: return {}
+    df = pd.concat(frames, ignore_index=True).drop_duplicates("question_id")
+    split = Path(exp_dir) / "splits.csv"
+    if split.is_file():
+        sp = pd.read_csv(split, dtype=str)
+        df = df[df.question_id.isin(set(sp.loc[sp.split == "select", "question_id"]))]
+    return attribute_base_rates(df)
 
 def _counts(inputs:dict, effects:dict, roots:tuple, html_text:str) -> dict:
     exs = [x for e in inputs["stats"]["examples"].values() for x in e.get("top_examples", [])]
@@ -548,7 +713,7 @@ def visualize_step(cfg:Config, # the experiment's config
     t0, exp = time.time(), Path(exp_dir)
     inputs = read_dashboard_inputs(exp)
     roots = image_roots(cfg, exp)
-    page = dashboard_html(inputs, f"binding_sae feature dashboard · {exp.name}", question_texts(cfg), roots)
+    page = dashboard_html(inputs, f"binding_sae feature dashboard · {exp.name}", question_texts(cfg), roots, base_rates(cfg, exp))
     out = exp / "feature_dashboard" / "index.html"
     atomic_write_text(out, page)
     counts = _counts(inputs, feature_effects(inputs["ablation"]), roots, page)
@@ -561,6 +726,7 @@ def visualize_step(cfg:Config, # the experiment's config
 def feature_browser(exp_dir, # experiment folder (steps 2 and 3 done)
                     roots:tuple=(), # folders relative image paths are relative to
                     question_text:dict|None=None, # question_id → question (ablation bars)
+                    base_rates:dict|None=None, # {attribute: {value: share among select questions}} (see `selectivity`)
                    ):
     "An ipywidgets browser: a dropdown of the catalog's features and the selected feature's panel below it."
     import ipywidgets as widgets
@@ -570,13 +736,15 @@ def feature_browser(exp_dir, # experiment folder (steps 2 and 3 done)
     by_id, effects, cache = {int(f["feature_id"]): f for f in feats}, feature_effects(inputs["ablation"]), {}
     texts = {**(question_text or {}), **{str(x["question_id"]): x["question"] for e in inputs["stats"]["examples"].values()
                                          for x in e.get("top_examples", []) if x.get("question")}}
-    dd = widgets.Dropdown(options=[(f'#{f.get("rank")} · feature {f["feature_id"]} · {tracks_text(f)}', int(f["feature_id"])) for f in feats],
+    exs = lambda f: (inputs["stats"]["examples"].get(str(f["feature_id"])) or {}).get("top_examples") or []
+    label = lambda f: tracks_text(f, selectivity(attribute_counts(f, exs(f)), base_rates))
+    dd = widgets.Dropdown(options=[(f'#{f.get("rank")} · feature {f["feature_id"]} · {label(f)}', int(f["feature_id"])) for f in feats],
                           description="Feature", layout=widgets.Layout(width="640px"))
     out = widgets.Output()
     def show(fid):
         out.outputs = ()
         if fid is None: body = "<p>The catalog lists no features.</p>"
-        else: body = feature_panel_html(by_id[fid], inputs["stats"]["examples"].get(str(fid)), effects.get(fid, []), texts, roots, cache)
+        else: body = feature_panel_html(by_id[fid], inputs["stats"]["examples"].get(str(fid)), effects.get(fid, []), texts, roots, cache, base_rates)
         out.append_display_data(HTML(f'<style>{CSS}</style><div class="bsae">{body}</div>'))
     dd.observe(lambda ch: show(ch["new"]), names="value")
     show(dd.value)

@@ -1,8 +1,9 @@
 """The feature dashboard (step 5) in a real browser: headless Chromium opens index.html from a file:// URL.
 
 Builds a fixture experiment (binding_sae.visualize.write_fixture_experiment), runs visualize_step, and checks that the
-page loads without console errors, shows at least the catalog's number of feature rows, embeds every image, fetches
-nothing from the network, sorts its table, and leaves a screenshot in tests/artifacts/dashboard.png (not committed).
+page loads without console errors, states the verdict first (in words, with the bar and every check), shows at least
+the catalog's number of feature rows, reads "what it tracks" against base rates, embeds every image, fetches nothing
+from the network, sorts its table, and leaves a screenshot in tests/artifacts/dashboard.png (not committed).
 """
 import json, os, shutil, tempfile
 from pathlib import Path
@@ -18,8 +19,9 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
-    exp = write_fixture_experiment(tmp_path_factory.mktemp("dash") / "fixture", n_features=3, n_examples=3, n_scenes=8)
-    counts = visualize_step(config_from_dict({}), exp)
+    exp = write_fixture_experiment(tmp_path_factory.mktemp("dash") / "fixture", n_features=3)
+    cfg = config_from_dict({"dataset": {"refined_dataset": str(exp / "world" / "questions.csv")}})  # base rates of "what it tracks"
+    counts = visualize_step(cfg, exp)
     return exp, counts
 
 
@@ -57,6 +59,20 @@ def test_dashboard_in_chromium(dashboard, browser):
     browser.get(page.resolve().as_uri())
     assert browser.execute_script("return document.readyState") == "complete"
     assert _severe(browser) == [], "console errors while loading the dashboard"
+
+    # the verdict is the first thing on the page: supported or not, in words, with the bar and each check's outcome
+    report = json.loads((exp / "analysis" / "hypothesis_report.json").read_text())
+    verdict = browser.find_element("css selector", "section.verdict")
+    assert verdict.location["y"] < browser.find_element("css selector", "table#features").location["y"]
+    word = "SUPPORTED" if report["hypothesis_supported"] else "NOT SUPPORTED"
+    assert verdict.find_element("css selector", "h2").text.startswith(f"Verdict: {word}")
+    assert "pre-registered bar 10 %" in verdict.text
+    assert len(verdict.find_elements("css selector", "td.chk")) == len(report["conditions"][0]["checks"])
+    assert "top_mean_activation" in verdict.text and "all latents replace" in verdict.text
+    # "what it tracks" names a preferred value with its base rate (the planted colours), and the rank's basis is a column
+    tracks = [r.find_elements("css selector", "td")[-1].text for r in browser.find_elements("css selector", "table#features tbody tr")]
+    assert all("base " in t or "no clear preference" in t for t in tracks), tracks
+    assert browser.find_element("css selector", 'th[data-col="2"]').text.startswith("Ranked by:")
 
     rows = browser.find_elements("css selector", "table#features tbody tr")
     assert len(rows) >= n_catalog == counts["n_features"]
