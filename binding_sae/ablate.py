@@ -123,6 +123,7 @@ def matched_random_sets(selected:list, # feature ids of the selected set
               f"{caliper} pool SD of it, or from its {int(min_neighbors)} nearest when fewer lie that close (equal distances in "
               "random order; no latent twice in a set)")
     report = dict(method=method, caliper=float(caliper), min_neighbors=int(min_neighbors), widened_draws=int(widened),
+                  n_distinct_sets=len({tuple(sorted(s)) for s in sets}),  # a tiny pool repeats sets: the null is coarser than n_sets
                   **match_quality(sel, sets, fr, dn, pool, max_smd))
     return sets, report
 
