@@ -20,9 +20,9 @@ __all__ = ['log', 'GROUP_SCORES', 'IdentifyError', 'logprob_correct', 'string_co
            'group_means', 'standardized_mean_difference', 'auroc', 'discrimination_ratio', 'old_filters', 'firing_rate',
            'frozen', 'spliced_attribution', 'pool_rows', 'score_features', 'set_logit_diffs', 'patched_logit_diffs',
            'distinct_first_tokens', 'set_effects', 'verify_features', 'rank_features', 'eligible_features',
-           'selection_candidates', 'greedy_selection', 'check_random_pool', 'describe_features', 'histogram',
-           'catalog_entry', 'latent_scores', 'select_questions', 'identify_metadata', 'select_sets', 'identify_step',
-           'logit_diff_direction', 'plant_latents']
+           'selection_candidates', 'greedy_selection', 'backward_selection', 'check_random_pool', 'describe_features',
+           'histogram', 'catalog_entry', 'latent_scores', 'select_questions', 'identify_metadata', 'select_sets',
+           'identify_step', 'logit_diff_direction', 'plant_latents']
 
 # %% ../nbs/02_identify.ipynb #575f87b2
 from .config import Config, UserError, atomic_write_json, config_hash, mark_done
@@ -192,6 +192,7 @@ def _set_ablate_fn(sae, base:list, # latents removed in every condition
                    extra_of_row:torch.Tensor, # one more latent per edited vector (−1: none)
                    mode:str="residual", # residual | replace
                    delta_scale:float=1.0, # multiple of the contribution removed (residual mode)
+                   spare:bool=False, # the extra latent is kept: the condition is `base` without it
                   ):
     "Edit function removing, from each selected vector, the decoded contribution of `base` and of its own extra latent."
     base = torch.as_tensor(list(base), dtype=torch.long)
@@ -201,7 +202,7 @@ def _set_ablate_fn(sae, base:list, # latents removed in every condition
         e = extra_of_row.to(f.device); on = e >= 0
         if bool(on.any()):
             c = c.clone(); r = on.nonzero()[:, 0]
-            c[r] += (f[r, e[r]].to(sae.W_dec.dtype)[:, None] * sae.W_dec[e[r]]).float() / float(sae.input_scale)
+            c[r] += (-1.0 if spare else 1.0) * (f[r, e[r]].to(sae.W_dec.dtype)[:, None] * sae.W_dec[e[r]]).float() / float(sae.input_scale)
         new = x.float() - float(delta_scale) * c if mode == "residual" else sae.decode(f).float() - c
         return new.to(x.dtype)
     return fn
@@ -217,6 +218,7 @@ def set_logit_diffs(vlm, sae, layer:int, batch, positions:tuple, # (rows, cols) 
                     extra:list, # one condition per entry: `base` plus this latent (−1: `base` alone)
                     true_options:list[str], false_options:list[str],
                     mode:str="residual", delta_scale:float=1.0,
+                    spare:bool=False, # the conditions are `base` without each extra latent (each must be in `base`)
                     max_rows:int=32, # rows (question × condition) per forward
                     use_cache:bool=True, # reuse the image prefix's KV cache when the edits allow it
                    ) -> tuple:
@@ -237,7 +239,7 @@ def set_logit_diffs(vlm, sae, layer:int, batch, positions:tuple, # (rows, cols) 
     for a in range(0, len(extra), per):
         chunk = torch.tensor(list(extra[a:a + per]), dtype=torch.long, device=rows.device); c = len(chunk)
         r = torch.cat([rows * c + k for k in range(c)]); cl = cols.repeat(c)
-        fn = _set_ablate_fn(sae, base, chunk.repeat_interleave(len(rows)), mode, delta_scale)
+        fn = _set_ablate_fn(sae, base, chunk.repeat_interleave(len(rows)), mode, delta_scale, spare)
         with edit_residual(vlm, layer, fn=fn, positions=(r, cl)): logits = run(c)
         rep = lambda xs: [x for x in xs for _ in range(c)]
         ld = score_logits(vlm, logits, rep(true_options), rep(false_options))["logit_diff"].view(B, c)
@@ -263,6 +265,7 @@ def set_effects(vlm, sae, questions:pd.DataFrame, layer:int,
                 mode:str="residual", delta_scale:float=1.0,
                 batch_size:int=32, # questions per prefix batch
                 max_rows:int|None=None, # rows (question × condition) per forward (default: batch_size)
+                spare:bool=False, # conditions are `base` without each extra latent
                ) -> dict:
     "Per-question change [n, len(extra)] and baseline [n] over the questions with `position_type` positions and distinct first option tokens."
     change, baseline, keep = [], [], []
@@ -273,7 +276,7 @@ def set_effects(vlm, sae, questions:pd.DataFrame, layer:int,
         ok = np.array([len(p[position_type]) > 0 for p in batch.positions]) & distinct_first_tokens(vlm, t, f)
         if not ok.any(): continue
         d, b = set_logit_diffs(vlm, sae, layer, batch, batch.index(position_type), base, extra, t, f, mode, delta_scale,
-                               max_rows=max_rows or batch_size)
+                               spare, max_rows=max_rows or batch_size)
         m = torch.from_numpy(ok).to(d.device)
         change.append(d[m].cpu()); baseline.append(b[m].cpu()); keep += [sl.start + i for i in np.flatnonzero(ok)]
     if not keep:
@@ -336,6 +339,23 @@ def greedy_selection(effects, # callable (base set, extra latents) -> per-questi
         steps.append({"step": t + 1, "feature_id": int(rest[i]), "set_change": float(m[i]), "marginal_gain": prev - float(m[i])})
         prev = float(m[i])
     return {"selected": chosen, "steps": steps, "single_effect": single, "empty_set_change": empty}
+
+# %% ../nbs/02_identify.ipynb #5a1c0e15
+def backward_selection(effects, # callable (base set, latents, spare) -> per-question change [n, len(latents)]
+                       candidates:list[int], k:int, # the starting set; the size to stop at
+                      ) -> dict:
+    "Start from all candidates removed; repeatedly keep (spare) the latent whose return lowers the drop least, until `k` remain."
+    S, steps = list(candidates), []
+    while len(S) > k:
+        m = effects(S, S, True).mean(0)
+        i = int(np.argmin(m))  # the set without S[i] still lowers logit_diff the most (ties: the earlier)
+        steps.append({"size": len(S) - 1, "spared": int(S[i]), "set_change": float(m[i])}); S.pop(i)
+    full = float(effects(S, [-1]).mean())
+    loo = effects(S, S, True).mean(0) if len(S) > 1 else np.array([0.0])  # the set without each latent
+    gains = {j: float(l) - full for j, l in zip(S, loo)}
+    order = sorted(S, key=lambda j: (-gains[j], S.index(j)))
+    single = {j: float(e) for j, e in zip(order, effects([], order).mean(0))}
+    return {"selected": order, "steps": steps, "set_change": full, "marginal_gain": gains, "single_effect": single}
 
 # %% ../nbs/02_identify.ipynb #5a1c0e06
 def check_random_pool(firing_rate:np.ndarray, min_firing_rate:float, n_selected:int) -> int:
@@ -512,22 +532,31 @@ def select_sets(cfg:Config, vlm, sae, questions:pd.DataFrame, s:dict, eligible:n
     "(selected ids, candidate ids, step record): the configured selection on the scored select questions."
     fi, a, layer = cfg.feature_identification, cfg.ablation, cfg.model.target_layer
     cand = selection_candidates(s, eligible, fi.min_firing_rate, fi.n_verify, fi.top_k)
-    pool = cand["all"] if fi.selection == "greedy" else cand["score"]
+    pool = cand["all"] if fi.selection in ("greedy", "backward") else cand["score"]
     n_pool = check_random_pool(s["firing_rate"], fi.min_firing_rate, min(fi.top_k, len(pool)))
     if fi.selection == "ranked":
         effects = verify_features(vlm, sae, questions, layer, pool, fi.position_type, fi.batch_size)
         s["verified"] = {j: float(e) for j, e in zip(pool, effects.mean(0))}
         order = rank_features(s["score"], eligible, s["verified"] if fi.score == "binding" else None)[:fi.top_k]
         return order, pool, {"n_random_pool": n_pool}
-    run = lambda base, extra: set_effects(vlm, sae, questions, layer, base, extra, a.position_type, a.mode, a.delta_scale, fi.batch_size)
-    g = greedy_selection(lambda base, extra: run(base, extra)["change"], pool, fi.top_k)
-    s["verified"], s["greedy"] = g["single_effect"], {st["feature_id"]: st for st in g["steps"]}
+    run = lambda base, extra, spare=False: set_effects(vlm, sae, questions, layer, base, extra, a.position_type, a.mode,
+                                                       a.delta_scale, fi.batch_size, spare=spare)
+    change = lambda base, extra, spare=False: run(base, extra, spare)["change"]
+    if fi.selection == "backward":
+        g = backward_selection(change, pool, fi.top_k)
+        s["verified"] = g["single_effect"]
+        s["greedy"] = {j: {"marginal_gain": v, "set_change": g["set_change"]} for j, v in g["marginal_gain"].items()}
+        g.update(empty_set_change=None, backward_steps=g.pop("steps"), steps=[])
+    else:
+        g = greedy_selection(change, pool, fi.top_k)
+        s["verified"], s["greedy"] = g["single_effect"], {st["feature_id"]: st for st in g["steps"]}
     compare = {"selected": g["selected"], "top_mean_activation": cand["top_mean_activation"], "top_firing_rate": cand["top_firing_rate"]}
     sets = list(compare.values())
     eff = run(sets[0], [-1]); others = [run(S, [-1]) for S in sets[1:]]
     record = {"n_random_pool": n_pool, "candidates": {k: [int(j) for j in v] for k, v in cand.items() if k != "all"},
               "ablation": {"position_type": a.position_type, "mode": a.mode, "delta_scale": float(a.delta_scale)},
               "greedy_steps": g["steps"], "empty_set_change": g["empty_set_change"],
+              **({"backward_steps": g["backward_steps"]} if "backward_steps" in g else {}),
               "select_comparison": {k: _set_record(S, e) for (k, S), e in zip(compare.items(), [eff] + others)}}
     return g["selected"], pool, record
 
