@@ -685,6 +685,9 @@ def _take(path:str, exp:Path, command) -> tuple[int, str]:
         try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd); raise _locked(path, exp) from None
+        except OSError as e:  # a filesystem without file locks (some network mounts): warn, do not stop the run
+            warnings.warn(f"{exp} is on a filesystem without file locks ({e.strerror}): make sure no other process writes it.")
+            break
         try: same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError: same = False
         if same: break
