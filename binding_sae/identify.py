@@ -551,13 +551,12 @@ def select_sets(cfg:Config, vlm, sae, questions:pd.DataFrame, s:dict, eligible:n
         g = greedy_selection(change, pool, fi.top_k)
         s["verified"], s["greedy"] = g["single_effect"], {st["feature_id"]: st for st in g["steps"]}
     compare = {"selected": g["selected"], "top_mean_activation": cand["top_mean_activation"], "top_firing_rate": cand["top_firing_rate"]}
-    sets = list(compare.values())
-    eff = run(sets[0], [-1]); others = [run(S, [-1]) for S in sets[1:]]
+    measured = [run(S, [-1]) for S in compare.values()]
     record = {"n_random_pool": n_pool, "candidates": {k: [int(j) for j in v] for k, v in cand.items() if k != "all"},
               "ablation": {"position_type": a.position_type, "mode": a.mode, "delta_scale": float(a.delta_scale)},
               "greedy_steps": g["steps"], "empty_set_change": g["empty_set_change"],
               **({"backward_steps": g["backward_steps"]} if "backward_steps" in g else {}),
-              "select_comparison": {k: _set_record(S, e) for (k, S), e in zip(compare.items(), [eff] + others)}}
+              "select_comparison": {k: _set_record(S, e) for (k, S), e in zip(compare.items(), measured)}}
     return g["selected"], pool, record
 
 def identify_step(cfg:Config, exp_dir) -> dict:
