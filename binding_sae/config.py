@@ -181,7 +181,7 @@ class FeatureIdentificationConfig:
     min_firing_rate: float = 0.01           # latents firing on fewer questions cannot be selected
     min_group_size: int = 10                # smallest correct / incorrect group that is compared
     n_verify: int = 64                      # candidates (best by the score, then by activation) measured by patching on select
-    selection: str = "greedy"               # greedy (add the candidate with the largest measured marginal drop, one at a time) | ranked (top_k by the score)
+    selection: str = "greedy"               # greedy (add the candidate with the largest measured marginal drop, one at a time) | backward (start from all candidates removed, spare the one that matters least, one at a time) | ranked (top_k by the score)
     batch_size: int = 32                    # questions per forward
     fallback: dict | None = None            # old pipeline's key (ignored)
 
@@ -274,7 +274,7 @@ CHOICES = {
     "feature_identification.score": ("binding", "smd", "auroc"),
     "ablation.position_type": ("attribute", "question", "all", "last"),
     "ablation.mode": ("residual", "replace"),
-    "feature_identification.selection": ("greedy", "ranked"),
+    "feature_identification.selection": ("greedy", "backward", "ranked"),
     "evaluation.primary_metric": ("logit_diff", "pred_token_prob", "gt_token_prob"),
     "model.attn_implementation": ("eager", "sdpa", "flash_attention_2"),
     "training.dtype": ("float32", "bfloat16"),
