@@ -204,7 +204,7 @@ def answer_breakdown(effect, # per-question effects
     e, b, a = np.asarray(effect, float), np.asarray(baseline, float), np.asarray(true_option).astype(str)
     total = -e.sum()
     per = {}
-    for v in sorted(set(a)):
+    for v in sorted(set(a.tolist())):
         m = a == v
         per[v] = {"n": int(m.sum()), "mean_effect": float(e[m].mean()), "relative_drop": relative_drop(float(e[m].mean()), float(b[m].mean())),
                   "share": float(-e[m].sum() / total) if total > TINY else math.nan}
@@ -316,6 +316,7 @@ def verdict_checks(r:dict, # a binding row after add_specificity
     sig = significance_level
     lost, lost_words = _baseline_words(r, sig)
     share, nv = r["answer_max_share"], r["n_answer_values"] or 0
+    below = not (_finite(r["relative_drop"]) and r["relative_drop"] >= min_relative_drop)  # shares of a negligible drop are noise
     c = {"matching": (matching[0], matching[1]),
          "ceiling": (None if r["ceiling_relative_drop"] is None else r["ceiling_relative_drop"] >= min_relative_drop,
                      "no feature set at these positions can matter: removing everything there changes "
@@ -331,8 +332,9 @@ def verdict_checks(r:dict, # a binding row after add_specificity
                          "specificity not shown (no control condition with questions, or baseline mean ≤ 0)"),
          "baselines": (None if r["baselines"] is None else not lost,
                        f"does not beat the trivial baselines: {lost_words}" if lost else "trivial baselines not measured (rerun the ablate step)"),
-         "answer_share": (None if r["per_answer"] is None or not _finite(share) else not (nv >= MIN_ANSWER_VALUES and share > readout_max_share),
-                          f"answer readout: {_pc(share)} of the drop sits on the answer {r['answer_max_value']!r} "
+         "answer_share": (None if r["per_answer"] is None or not _finite(share) or below else not (nv >= MIN_ANSWER_VALUES and share > readout_max_share),
+                          "answer shares not judged: the drop is below the bar" if below and r["per_answer"] is not None else
+                          f"answer readout: {_pc(share)} of the drop sits on the answer '{r['answer_max_value']}' "
                           f"(bound {_pc(readout_max_share)}, {nv} answer values)" if _finite(share) else
                           "per-answer breakdown not measured (no true_option, or no drop to share)"),
          "readout_control": (None if r["readout_comparable"] is None else not r["readout_comparable"],
@@ -404,7 +406,7 @@ def knockout_recovery(cond:dict, # one entry of ablation_results.json "condition
                       seed=0, # seed of the bootstrap
                       flow:str="Image->Question", # the cumulative knockout the ablation is compared with
                      ) -> dict|None:
-    "R = mean ablation effect / mean cumulative knockout effect on logit_diff over the questions in both, with an image-clustered CI; None when not measured."
+    "R = mean ablation effect / mean cumulative knockout effect on logit_diff over the questions in both, with an image-clustered CI (nan when the knockout does not lower it); None when not measured."
     cum = ((knockout or {}).get("cumulative") or {}).get(flow)
     if not cum or "logit_diff" not in cond["selected"]: return None
     ko = {str(q): v for q, v in zip(knockout.get("question_id", []), cum["logit_diff_change"]) if v is not None}
@@ -412,7 +414,7 @@ def knockout_recovery(cond:dict, # one entry of ablation_results.json "condition
     abl = (np.asarray(cond["selected"]["logit_diff"], float) - np.asarray(cond["baseline"]["logit_diff"], float))[idx]
     k = np.array([ko[str(cond["question_id"][i])] for i in idx], float)
     img = np.asarray(cond["img_id"]).astype(str)[idx]
-    R = float(abl.mean() / k.mean()) if len(idx) and abs(k.mean()) > TINY else math.nan
+    R = float(abl.mean() / k.mean()) if len(idx) and k.mean() < -TINY else math.nan  # nothing to recover when the knockout does not hurt
     lo, hi = clustered_bootstrap_ci(abl, img, n_bootstrap, seed=seed, denominators=k) if math.isfinite(R) else (math.nan, math.nan)
     return {"R": R, "ci_low": lo, "ci_high": hi, "n_questions": len(idx), "layers": cum.get("layers"), "flow": flow,
             "mean_ablation_effect": _mean(abl), "mean_knockout_effect": _mean(k)}
@@ -604,7 +606,14 @@ def plot_null(row:dict, # a condition record of the report
     for i, (name, b) in enumerate((row["baselines"] or {}).items()):
         ax.axvline(b["mean_effect"], color=f"C{i + 4}", lw=1.5, ls="--", label=f"{name} ({_pc(b['relative_drop'])})")
     if _finite(row["mean_baseline"]) and row["mean_baseline"] > TINY:
-        ax.axvline(-min_relative_drop * row["mean_baseline"], color="k", lw=1.2, ls=":", label=f"pre-registered bar ({_pc(min_relative_drop)} drop)")
+        bar = -min_relative_drop * row["mean_baseline"]
+        xs = [*random_mean_effects, row["mean_effect"], *[b["mean_effect"] for b in (row["baselines"] or {}).values()]]
+        lo, hi = min(xs), max(xs)
+        if bar >= lo - 3 * max(hi - lo, TINY):
+            ax.axvline(bar, color="k", lw=1.2, ls=":", label=f"pre-registered bar ({_pc(min_relative_drop)} drop)")
+        else:  # far off the scale: say where it is instead of squashing the histogram into a line
+            ax.text(0.01, 0.97, f"← pre-registered bar ({_pc(min_relative_drop)} drop) at {bar:.3g},\n   off the scale: every set here is far from it",
+                    transform=ax.transAxes, va="top", fontsize=8)
     ax.set_xlabel(f"mean effect on {primary_metric} (ablated − baseline; left = hurts)"); ax.set_ylabel("random sets")
     hp = "–" if row["holm_p"] is None else f"{row['holm_p']:.3g}"
     ax.set_title(f"selected set vs {row['n_random_sets']} matched random sets: is its drop larger than chance?\n"
