@@ -416,23 +416,24 @@ def _pct(x) -> str: return "—" if x is None else f"{100 * float(x):.2f}%"
 
 def rank_basis(catalog:dict, # feature_catalog.json
               ) -> tuple:
-    "(catalog key, column title) of what step 2's rank order follows: greedy marginal gain, verified effect, or the score."
+    "(catalog key, column title, words) of what step 2's rank order follows: greedy marginal gain, verified effect, or the score."
     m, feats = catalog.get("metadata") or {}, catalog.get("features") or []
     if m.get("selection") == "greedy" and any(f.get("marginal_gain") is not None for f in feats):
-        return "marginal_gain", "Ranked by: marginal gain on select (greedy order)"
+        return "marginal_gain", "Marginal gain (rank)", "the order in which greedy selection on select added the features (its marginal gain)"
     if m.get("score", "binding") == "binding" and any(f.get("verified_effect") is not None for f in feats):
-        return "verified_effect", "Ranked by: verified Δ on select (most negative first; unverified after, by score)"
-    return "score", f"Ranked by: score ({m.get('score', 'score')})"
+        return ("verified_effect", "Verified Δ (rank)",
+                "the verified Δ of ablating each feature alone on select, most negative first; unverified features after, by score")
+    return "score", f"Score ({m.get('score', 'score')}) (rank)", f"the score ({m.get('score', 'score')}), largest first"
 
 def feature_table_html(features:list, # catalog features
                        effects:dict, # from `feature_effects`
                        score_name:str="score", # the configured score (catalog metadata `score`)
                        metric:str="logit_diff", # the ablation metric
-                       basis:tuple=("score", "Ranked by: score"), # from `rank_basis`
+                       basis:tuple=("score", "Score (rank)", "the score"), # from `rank_basis`
                        tracks:dict|None=None, # feature id → `tracks_text`
                       ) -> str:
     "The sortable feature table: rank, feature id, what the rank follows, score, firing rate, ablation effect alone, what it tracks."
-    key, title = basis
+    key, title, words = basis
     head = ([("Rank", "num"), ("Feature", "num"), (title, "num")] + ([(f"Score ({score_name})", "num")] if key != "score" else [])
             + [("Firing rate", "num"), (f"Δ {metric}, ablated alone", "num"), ("What it tracks (vs base rate)", "")])
     ths = "".join(f'<th data-col="{i}" class="{c}" title="click to sort">{html.escape(h)}</th>' for i, (h, c) in enumerate(head))
@@ -447,7 +448,8 @@ def feature_table_html(features:list, # catalog features
                     + f'<td class="num" data-v="{f.get("firing_rate")!r}">{_pct(f.get("firing_rate"))}</td>'
                     + _effect_cell(headline_effect(effects.get(fid, []))) +
                     f'<td data-v="{html.escape(tr)}">{html.escape(tr)}</td></tr>')
-    return f'<table class="features" id="features"><thead><tr>{ths}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return (f'<p class="small">Rank order: {html.escape(words)} (the column after the feature id).</p>'
+            f'<table class="features" id="features"><thead><tr>{ths}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 # %% ../nbs/05_visualize.ipynb #a4de1828
 FACTS = [("score", "score"), ("binding_score", "binding score"), ("verified_effect", "verified effect"), ("smd", "SMD"),
@@ -579,11 +581,12 @@ def _meta_html(catalog:dict, ablation:dict|None) -> str:
     else: parts.append("<b>no ablation results</b> (step 3 not run)")
     return f'<div class="meta">{" · ".join(parts)}</div>'
 
-CHECK_LABELS = {"matching": "random sets matched to the selected set", "ceiling": "ceiling: everything at the positions removed",
-                "significance": "beats matched random sets (Holm)", "direction": "ablation lowers the metric",
-                "min_effect": "drop reaches the pre-registered bar", "specificity": "control questions not comparably hurt",
-                "baselines": "beats every trivial baseline", "answer_share": "drop not carried by one answer value",
-                "readout_control": "colour questions without binding not comparably hurt", "questions": "questions"}
+CHECK_LABELS = {"min_effect": "drop reaches the pre-registered bar", "significance": "beats matched random sets (Holm)",
+                "baselines": "beats every trivial baseline", "specificity": "control questions not comparably hurt",
+                "readout_control": "colour questions without binding not comparably hurt",
+                "answer_share": "drop not carried by one answer value", "ceiling": "ceiling: everything at the positions removed",
+                "matching": "random sets matched to the selected set", "direction": "ablation lowers the metric",
+                "questions": "questions"}  # the checks in the order the header lists them
 
 def _p(x) -> str: return "—" if x is None else f"{100 * float(x):.3g} %"
 
@@ -621,7 +624,8 @@ def verdict_html(report:dict|None, # analysis/hypothesis_report.json (None = not
     if r is None: return f'<section class="verdict no"><h2>Verdict: no binding condition</h2><p>{html.escape(str((report.get("summary") or {}).get("headline", "")))}</p></section>'
     state = {"passed": ("passed", "✓"), "failed": ("failed", "✗"), "not measured": ("nm", "?")}
     checks = "".join(f'<tr><td class="chk {state[v][0]}">{state[v][1]} {v}</td><td>{html.escape(CHECK_LABELS.get(k, k))}</td>'
-                     f'<td class="small">{html.escape(_check_numbers(k, r, report))}</td></tr>' for k, v in (r.get("checks") or {}).items())
+                     f'<td class="small">{html.escape(_check_numbers(k, r, report))}</td></tr>'
+                     for k, v in sorted((r.get("checks") or {}).items(), key=lambda kv: list(CHECK_LABELS).index(kv[0]) if kv[0] in CHECK_LABELS else 99))
     R = r.get("knockout_recovery") or {}
     rec = (f'<p class="small">Knockout recovery: the ablation removes R = <b>{_g(R.get("R"))}</b> (95 % CI {_g(R.get("ci_low"))} to '
            f'{_g(R.get("ci_high"))}, {R.get("n_questions")} questions) of what blocking image → question attention at layers '

@@ -72,7 +72,7 @@ def test_dashboard_in_chromium(dashboard, browser):
     # "what it tracks" names a preferred value with its base rate (the planted colours), and the rank's basis is a column
     tracks = [r.find_elements("css selector", "td")[-1].text for r in browser.find_elements("css selector", "table#features tbody tr")]
     assert all("base " in t or "no clear preference" in t for t in tracks), tracks
-    assert browser.find_element("css selector", 'th[data-col="2"]').text.startswith("Ranked by:")
+    assert browser.find_element("css selector", 'th[data-col="2"]').text.endswith("(rank)")
 
     rows = browser.find_elements("css selector", "table#features tbody tr")
     assert len(rows) >= n_catalog == counts["n_features"]
