@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['log', 'PRIMARY_FIELDS', 'seed_overrides', 'verdict_row', 'detection_rate', 'asked_object_variables', 'tracking_auroc',
-           'feature_tracking', 'random_sae', 'random_sae_run', 'validate']
+__all__ = ['log', 'SPECIFICITY_CHECKS', 'PRIMARY_FIELDS', 'seed_overrides', 'verdict_row', 'detection_rate',
+           'asked_object_variables', 'tracking_auroc', 'feature_tracking', 'random_sae', 'random_sae_run', 'validate']
 
 # %% ../nbs/19_validation.ipynb #dec83b64
 from .config import load_config, atomic_write_json, read_step_json, UserError
@@ -30,7 +30,8 @@ def seed_overrides(seed:int, # replication seed
     "Config overrides of one replication: the SAE seed and the split seed."
     return {"training.seed": int(seed), "dataset.split_seed": int(seed)}
 
-# %% ../nbs/19_validation.ipynb #fc0e46f0
+# %% ../nbs/19_validation.ipynb #cacaaeb8
+SPECIFICITY_CHECKS = ("answer_share", "readout_control")
 PRIMARY_FIELDS = ("relative_drop", "ci_low", "ci_high", "permutation_p", "holm_p", "random_drop_fraction_below_10pct",
                   "beats_baselines", "answer_readout", "ceiling_relative_drop", "verdict_reason")
 
@@ -43,8 +44,11 @@ def verdict_row(report:dict, # a parsed hypothesis_report.json
     "The verdict and primary-condition numbers of one run as a flat dict."
     row = _primary_row(report)
     rec = row.get("knockout_recovery") or {}
-    return {"supported": bool(report.get("hypothesis_supported")), "condition": report.get("primary_condition"),
-            **{k: row.get(k) for k in PRIMARY_FIELDS}, "knockout_recovery": rec.get("R")}
+    checks = row.get("checks") or {}
+    necessary = all(v == "passed" for k, v in checks.items() if k not in SPECIFICITY_CHECKS) if checks else None
+    return {"supported": bool(report.get("hypothesis_supported")), "necessary": necessary,
+            "condition": report.get("primary_condition"), **{k: row.get(k) for k in PRIMARY_FIELDS},
+            "knockout_recovery": rec.get("R"), "checks": checks}
 
 # %% ../nbs/19_validation.ipynb #eed376d3
 def detection_rate(supported, # one bool per run
@@ -144,7 +148,8 @@ def validate(config_path, # the pre-registered config
                 rnd = verdict_row(random_sae_run(config_path, exp, out / f"{name}_s{seed}_random", ov, seed))
                 random_rows.append({"organism": name, "seed": int(seed), **rnd})
     df = pd.DataFrame(rows)
-    rates = {name: detection_rate(g["supported"]) for name, g in df.groupby("organism", sort=False)}
+    rates = {name: {"supported": detection_rate(g["supported"]), "necessary": detection_rate(g["necessary"].fillna(False))}
+             for name, g in df.groupby("organism", sort=False)}
     result = {"config": str(config_path), "seeds": [int(s) for s in seeds], "overrides": overrides or {},
               "organisms": {n: {"model": str(m), "positive": p, **rates[n]} for n, (m, p) in organisms.items()},
               "runs": rows, "random_sae": random_rows, "feature_tracking": tracking}
