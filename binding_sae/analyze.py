@@ -319,9 +319,9 @@ def verdict_checks(r:dict, # a binding row after add_specificity
     below = not (_finite(r["relative_drop"]) and r["relative_drop"] >= min_relative_drop)  # shares of a negligible drop are noise
     c = {"matching": (matching[0], matching[1]),
          "ceiling": (None if r["ceiling_relative_drop"] is None else r["ceiling_relative_drop"] >= min_relative_drop,
-                     "no feature set at these positions can matter: removing everything there changes "
-                     f"the primary metric by {_pc(-(r['ceiling_relative_drop'] or 0))} ("
-                     + ", ".join(f"{k.replace('_', ' ')}: {_pc(-v['relative_drop'])}" for k, v in (r["ceiling"] or {}).items())
+                     "no feature set at these positions can matter: removing everything there lowers the primary metric "
+                     f"by at most {_pc(r['ceiling_relative_drop'])} (relative drop with "
+                     + ", ".join(f"{k.replace('_', ' ')}: {_pc(v['relative_drop'])}" for k, v in (r["ceiling"] or {}).items())
                      + f"), less than the {_pc(min_relative_drop)} bar"),
          "significance": (r["holm_p"] is not None and r["holm_p"] < sig, f"holm_p ≥ {sig}"),
          "direction": (r["mean_effect"] is not None and r["mean_effect"] < 0, "ablation did not lower the metric"),

@@ -605,10 +605,12 @@ def _check_numbers(name:str, r:dict, report:dict) -> str:
     if name == "specificity":
         return "; ".join(f"{t}: {_p(v)}" for t, v in (r.get("control_relative_drops") or {}).items()) or "no control questions"
     if name == "baselines":
-        return "; ".join(f"{n}: {_p(x.get('relative_drop'))} (Holm p {_g(x.get('holm_p'))})" for n, x in (r.get("baselines") or {}).items()) or "not run"
+        return "relative drops: " + "; ".join(f"{n} {_p(x.get('relative_drop'))} (Holm p {_g(x.get('holm_p'))})" for n, x in r["baselines"].items()) if r.get("baselines") else "not run"
     if name == "ceiling":
-        return "; ".join(f"{n.replace('_', ' ')}: {_p(x.get('relative_drop'))}" for n, x in (r.get("ceiling") or {}).items()) or "not run"
+        return "relative drops: " + "; ".join(f"{n.replace('_', ' ')} {_p(x.get('relative_drop'))}" for n, x in r["ceiling"].items()) if r.get("ceiling") else "not run"
     if name == "answer_share":
+        if (r.get("checks") or {}).get(name) == "not measured" and r.get("relative_drop") is not None and r["relative_drop"] < (m.get("min_relative_drop") or 0):
+            return f"not judged: the drop is below the bar (largest share {_p(r.get('answer_max_share'))} on {r.get('answer_max_value')!r})"
         return (f"largest share {_p(r.get('answer_max_share'))} on {r.get('answer_max_value')!r} over {r.get('n_answer_values')} answer values; "
                 f"bound {_p(m.get('readout_max_share'))}" if r.get("answer_max_share") is not None else "no answer values recorded")
     if name == "readout_control": return f"readout drop {_p(r.get('readout_relative_drop'))} vs binding {_p(r.get('relative_drop'))}"
@@ -627,9 +629,12 @@ def verdict_html(report:dict|None, # analysis/hypothesis_report.json (None = not
                      f'<td class="small">{html.escape(_check_numbers(k, r, report))}</td></tr>'
                      for k, v in sorted((r.get("checks") or {}).items(), key=lambda kv: list(CHECK_LABELS).index(kv[0]) if kv[0] in CHECK_LABELS else 99))
     R = r.get("knockout_recovery") or {}
-    rec = (f'<p class="small">Knockout recovery: the ablation removes R = <b>{_g(R.get("R"))}</b> (95 % CI {_g(R.get("ci_low"))} to '
+    rec = ("" if not R else
+           f'<p class="small">Knockout recovery: the ablation removes R = <b>{_g(R.get("R"))}</b> (95 % CI {_g(R.get("ci_low"))} to '
            f'{_g(R.get("ci_high"))}, {R.get("n_questions")} questions) of what blocking image → question attention at layers '
-           f'{html.escape(str(R.get("layers")))} removes.</p>' if R else "")
+           f'{html.escape(str(R.get("layers")))} removes.</p>' if R.get("R") is not None else
+           f'<p class="small">Knockout recovery: undefined — blocking image → question attention at layers {html.escape(str(R.get("layers")))} '
+           f'does not lower logit_diff (mean change {_g(R.get("mean_knockout_effect"), signed=True)} over {R.get("n_questions")} questions), so there is nothing to recover.</p>')
     others = "".join(f'<tr><td>{html.escape(c["condition"])}</td><td class="num">{_p(c.get("relative_drop"))}</td>'
                      f'<td class="chk {"passed" if c.get("hypothesis_supported") else "failed"}">{"supported" if c.get("hypothesis_supported") else "not supported"}</td>'
                      f'<td class="small">{html.escape(str(c.get("verdict_reason")))}</td></tr>'
