@@ -436,7 +436,7 @@ def headline(primary:dict|None, # the primary condition's row
             f"pre-registered bar {_pc(min_relative_drop)}); permutation p {g(r['permutation_p'])}, Holm p {g(r['holm_p'])} "
             f"(smallest attainable {g(min_attainable_p)}); {_pc(r['random_drop_fraction_below_10pct'])} of "
             f"{r['n_random_sets']} matched random sets drop less than 10 %. "
-            + ("" if r["hypothesis_supported"] else f"Why: {r['verdict_reason']}."))
+            + ("" if r["hypothesis_supported"] else f"Why: {r['verdict_reason']}.")).strip()
 
 def build_report(ablation:dict, # parsed ablation_results.json
                  knockout:dict|None=None, # parsed knockout_results.json, if any
