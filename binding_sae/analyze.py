@@ -405,6 +405,7 @@ def knockout_recovery(cond:dict, # one entry of ablation_results.json "condition
                       n_bootstrap:int=1000, # bootstrap resamples of the CI
                       seed=0, # seed of the bootstrap
                       flow:str="Image->Question", # the cumulative knockout the ablation is compared with
+                      min_relative_drop:float=0.1, # R is defined only when the knockout itself drops the metric by this share
                      ) -> dict|None:
     "R = mean ablation effect / mean cumulative knockout effect on logit_diff over the questions in both, with an image-clustered CI (nan when the knockout does not lower it); None when not measured."
     cum = ((knockout or {}).get("cumulative") or {}).get(flow)
@@ -414,7 +415,9 @@ def knockout_recovery(cond:dict, # one entry of ablation_results.json "condition
     abl = (np.asarray(cond["selected"]["logit_diff"], float) - np.asarray(cond["baseline"]["logit_diff"], float))[idx]
     k = np.array([ko[str(cond["question_id"][i])] for i in idx], float)
     img = np.asarray(cond["img_id"]).astype(str)[idx]
-    R = float(abl.mean() / k.mean()) if len(idx) and k.mean() < -TINY else math.nan  # nothing to recover when the knockout does not hurt
+    base = np.asarray(cond["baseline"]["logit_diff"], float)[idx]
+    hurts = len(idx) and k.mean() < -TINY and -k.mean() >= min_relative_drop * abs(base.mean())
+    R = float(abl.mean() / k.mean()) if hurts else math.nan  # nothing to recover when the knockout does not pass the bar
     lo, hi = clustered_bootstrap_ci(abl, img, n_bootstrap, seed=seed, denominators=k) if math.isfinite(R) else (math.nan, math.nan)
     return {"R": R, "ci_low": lo, "ci_high": hi, "n_questions": len(idx), "layers": cum.get("layers"), "flow": flow,
             "mean_ablation_effect": _mean(abl), "mean_knockout_effect": _mean(k)}
@@ -455,7 +458,8 @@ def build_report(ablation:dict, # parsed ablation_results.json
     matching = matching_check(meta, max_match_smd)
     add_verdict(add_specificity(rows), significance_level, min_relative_drop, matching, readout_max_share)
     for i, (c, r) in enumerate(zip(ablation["conditions"], rows)):
-        if r["role"] == "binding" and r["n_questions"]: r["knockout_recovery"] = knockout_recovery(c, knockout, n_bootstrap, (seed, i, 1))
+        if r["role"] == "binding" and r["n_questions"]: r["knockout_recovery"] = knockout_recovery(c, knockout, n_bootstrap, (seed, i, 1),
+                                                                                          min_relative_drop=min_relative_drop)
     family = [r for r in rows if r["holm_p"] is not None]
     n_sets = min((r["n_random_sets"] for r in family), default=0)
     min_p = meta.get("min_attainable_p") or (1 / (1 + n_sets) if family else math.nan)

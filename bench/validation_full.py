@@ -1,0 +1,41 @@
+"""Full-size validation (nbs/19_validation.ipynb at `smoke: False`) with the organism × seed runs in parallel processes.
+
+    PYTHONPATH=$PWD python3 bench/validation_full.py --out output/validation --jobs 10
+
+Each worker runs one (organism, seed): the pipeline (steps 1-4) and, on the positive organism, the random-SAE baseline;
+then `validate` reads the finished runs (it skips finished steps), adds the feature-tracking tables and writes
+<out>/validation.json. The result is the same computation as the notebook's full run, only scheduled in parallel."""
+import argparse, json, os, subprocess, sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+CONFIG = "configs/toy_routed.yaml"
+ORGANISMS = {"routed": ("models/toy_llava_routed", True), "shortcut": ("models/toy_llava", False)}
+
+def one(name, seed, out):
+    from binding_sae.validation import _run, random_sae_run, seed_overrides
+    model, positive = ORGANISMS[name]
+    ov = {**seed_overrides(seed), "model.name": model}
+    exp = Path(out) / f"{name}_s{seed}"
+    _run(CONFIG, exp, ov)
+    if positive: random_sae_run(CONFIG, exp, Path(out) / f"{name}_s{seed}_random", ov, seed)
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="output/validation"); ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1); ap.add_argument("--worker", nargs=2)
+    a = ap.parse_args()
+    if a.worker: one(a.worker[0], int(a.worker[1]), a.out); sys.exit(0)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    from binding_sae.experiment import ensure_world
+    from binding_sae.config import load_config
+    ensure_world(load_config(CONFIG))  # once, before the workers share it
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = lambda n, s: [sys.executable, __file__, "--out", a.out, "--worker", n, str(s)]
+    with ThreadPoolExecutor(a.jobs) as ex:
+        rcs = list(ex.map(lambda t: subprocess.run(cmd(*t), env=env, stdout=open(Path(a.out + f"_{t[0]}_{t[1]}.log"), "w"), stderr=subprocess.STDOUT).returncode,
+                          [(n, s) for n in ORGANISMS for s in seeds]))
+    print("worker exit codes:", rcs)
+    from binding_sae.validation import validate
+    r = validate(CONFIG, ORGANISMS, seeds, a.out)
+    print(json.dumps(r["organisms"], indent=1))
