@@ -20,11 +20,33 @@ def one(name, seed, out):
     _run(CONFIG, exp, ov)
     if positive: random_sae_run(CONFIG, exp, Path(out) / f"{name}_s{seed}_random", ov, seed)
 
+def summarize(out, dest):
+    "Rows and detection rates from the finished runs' reports in `out` (what validate() reports, without recomputing)."
+    import pandas as pd
+    from binding_sae.validation import verdict_row, detection_rate
+    from binding_sae.config import atomic_write_json
+    rows = []
+    for f in sorted(Path(out).glob("*_s*/analysis/hypothesis_report.json")):
+        name, seed = f.parts[-3].rsplit("_s", 1)
+        if name not in ORGANISMS or not seed.isdigit(): continue
+        r = json.loads(f.read_text())
+        p = next(c for c in r["conditions"] if c["condition"] == r["primary_condition"])
+        rows.append({"organism": name, "positive": ORGANISMS[name][1], "seed": int(seed), **verdict_row(r),
+                     **{k: p.get(k) for k in ("readout_relative_drop", "answer_max_share", "control_relative_drop")},
+                     "max_abs_smd": (r["metadata"]["ablation_metadata"].get("matching") or {}).get("max_abs_smd")})
+    df = pd.DataFrame(rows)
+    rates = {n: {v: detection_rate(g[v].fillna(False)) for v in ("supported", "necessary")} for n, g in df.groupby("organism")}
+    atomic_write_json(dest, {"config": CONFIG, "organisms": {n: {"model": ORGANISMS[n][0], "positive": ORGANISMS[n][1], **rates[n]} for n in rates},
+                             "runs": rows})
+    return df, rates
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="output/validation"); ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1); ap.add_argument("--worker", nargs=2)
+    ap.add_argument("--summarize", metavar="JSON", help="only summarize the finished runs in --out into JSON")
     a = ap.parse_args()
+    if a.summarize: print(json.dumps(summarize(a.out, a.summarize)[1], indent=1)); sys.exit(0)
     if a.worker: one(a.worker[0], int(a.worker[1]), a.out); sys.exit(0)
     seeds = [int(s) for s in a.seeds.split(",")]
     from binding_sae.experiment import ensure_world
