@@ -777,6 +777,22 @@ def test_kill_during_sae_training_resumes(tmp_path, sets, reference):
         return (exp / "sae_checkpoint.pt").exists()
     _kill_and_resume(tmp_path, sets, reference, first_checkpoint, "training")
 
+def test_kill_during_ablation_resumes(tmp_path, sets, reference):
+    "SIGKILL step 3 once some question chunks are saved; the rerun resumes and writes byte-identical results."
+    exp = copy_experiment(reference, tmp_path / "exp", keep_steps=("train", "identify"))
+    shutil.rmtree(exp / "results", ignore_errors=True)
+    args = ["ablate", "--config", SMOKE, "--experiment_dir", exp, "--engine", "direct", *sets]
+    chunks = lambda: list((exp / "results" / ".partial").rglob("*.npz"))
+    rc = _kill_when(args, lambda: len(chunks()) >= 3, tmp_path / "killed.log")
+    assert rc == -signal.SIGKILL, f"step 3 ended (rc {rc}) before it could be killed"
+    kept = {c: c.stat().st_mtime_ns for c in chunks()}
+    assert kept and not (exp / "results" / "ablation_results.json").exists()
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for f in ("ablation_results.json", "knockout_results.json"):
+        assert (exp / "results" / f).read_bytes() == (reference / "results" / f).read_bytes(), f"resumed {f} differs"
+    assert not (exp / "results" / ".partial").exists(), "the partial chunks are removed when the step finishes"
+
 def test_rerun_sweeps_orphan_temp_files(tmp_path, tiny_cfg):
     "A temp file left by a kill mid-write (atomic_path's `.name.XXXX.tmp`) is removed when the folder is reused."
     from binding_sae.config import config_from_dict, prepare_experiment
