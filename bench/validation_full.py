@@ -13,12 +13,8 @@ CONFIG = "configs/toy_routed.yaml"
 ORGANISMS = {"routed": ("models/toy_llava_routed", True), "shortcut": ("models/toy_llava", False)}
 
 def one(name, seed, out):
-    from binding_sae.validation import _run, random_sae_run, seed_overrides
-    model, positive = ORGANISMS[name]
-    ov = {**seed_overrides(seed), "model.name": model}
-    exp = Path(out) / f"{name}_s{seed}"
-    _run(CONFIG, exp, ov)
-    if positive: random_sae_run(CONFIG, exp, Path(out) / f"{name}_s{seed}_random", ov, seed)
+    from binding_sae.validation import replicate
+    replicate(CONFIG, name, *ORGANISMS[name], seed, out)
 
 def summarize(out, dest):
     "Rows and detection rates from the finished runs' reports in `out` (what validate() reports, without recomputing)."

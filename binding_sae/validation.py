@@ -12,7 +12,8 @@ import torch
 
 # %% auto #0
 __all__ = ['log', 'SPECIFICITY_CHECKS', 'PRIMARY_FIELDS', 'seed_overrides', 'verdict_row', 'detection_rate',
-           'asked_object_variables', 'tracking_auroc', 'feature_tracking', 'random_sae', 'random_sae_run', 'validate']
+           'asked_object_variables', 'tracking_auroc', 'feature_tracking', 'random_sae', 'random_sae_run',
+           'replicate_overrides', 'replicate', 'validate']
 
 # %% ../nbs/19_validation.ipynb #dec83b64
 from .config import load_config, atomic_write_json, read_step_json, UserError
@@ -129,7 +130,21 @@ def random_sae_run(config_path, exp_trained, out_exp, overrides:dict|None=None, 
     if not (folder / "cfg.json").exists(): save_sae(random_sae(load_sae(Path(exp_trained) / "sae"), seed), folder)
     return _run(config_path, out_exp, overrides, skip_train=True, sae_checkpoint=str(folder))
 
-# %% ../nbs/19_validation.ipynb #ca5d1290
+# %% ../nbs/19_validation.ipynb #47f3a22c
+def replicate_overrides(overrides:dict|None, seed:int, model) -> dict:
+    "The overrides of one organism × seed: the shared ones, the seeds and the model."
+    return {**(overrides or {}), **seed_overrides(seed), "model.name": str(model)}
+
+def replicate(config_path, name:str, model, positive:bool, seed:int, out_dir, overrides:dict|None=None) -> tuple:
+    "One organism × seed: the pipeline, and on a positive organism the random-SAE run; (verdict row, random-SAE row or None)."
+    ov = replicate_overrides(overrides, seed, model)
+    exp = Path(out_dir) / f"{name}_s{seed}"
+    row = {"organism": name, "positive": positive, "seed": int(seed), **verdict_row(_run(config_path, exp, ov))}
+    if not positive: return row, None
+    rnd = verdict_row(random_sae_run(config_path, exp, Path(out_dir) / f"{name}_s{seed}_random", ov, seed))
+    return row, {"organism": name, "seed": int(seed), **rnd}
+
+# %% ../nbs/19_validation.ipynb #8fe99a77
 def validate(config_path, # the pre-registered config
              organisms:dict, # {name: (model folder, True if the effect exists there)}
              seeds=(0, 1, 2, 3, 4), # replication seeds
@@ -140,13 +155,11 @@ def validate(config_path, # the pre-registered config
     out, rows, tracking, random_rows = Path(out_dir), [], [], []
     for name, (model, positive) in organisms.items():
         for seed in seeds:
-            ov = {**(overrides or {}), **seed_overrides(seed), "model.name": str(model)}
-            exp = out / f"{name}_s{seed}"
-            rows.append({"organism": name, "positive": positive, "seed": int(seed), **verdict_row(_run(config_path, exp, ov))})
-            if positive:
-                tracking += feature_tracking(config_path, exp, ov).assign(organism=name, seed=int(seed)).to_dict("records")
-                rnd = verdict_row(random_sae_run(config_path, exp, out / f"{name}_s{seed}_random", ov, seed))
-                random_rows.append({"organism": name, "seed": int(seed), **rnd})
+            row, rnd = replicate(config_path, name, model, positive, seed, out, overrides)
+            rows.append(row)
+            if rnd is None: continue
+            random_rows.append(rnd)
+            tracking += feature_tracking(config_path, out / f"{name}_s{seed}", replicate_overrides(overrides, seed, model)).assign(organism=name, seed=int(seed)).to_dict("records")
     df = pd.DataFrame(rows)
     rates = {name: {"supported": detection_rate(g["supported"]), "necessary": detection_rate(g["necessary"].fillna(False))}
              for name, g in df.groupby("organism", sort=False)}
