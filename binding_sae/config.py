@@ -8,19 +8,21 @@ import dataclasses, difflib, errno, hashlib, json, os, re, secrets, socket, sys,
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
-from typing import Any, get_type_hints, get_origin, get_args, Union
+from typing import Any, Literal, get_type_hints, get_origin, get_args, Union
 import types
 
 # %% auto #0
-__all__ = ['IGNORED_KEYS', 'MODEL_ALIASES', 'METRIC_ALIASES', 'CHOICES', 'RANGES', 'LOCK_NAME', 'UserError', 'ConfigError',
-           'DiskFullError', 'IgnoredKeyWarning', 'not_writable', 'atomic_path', 'atomic_write_bytes',
-           'atomic_write_text', 'to_json', 'atomic_write_json', 'ModelConfig', 'SAEConfig', 'TrainingConfig',
-           'HarvestConfig', 'ExperimentConfig', 'WorldConfig', 'DatasetConfig', 'FeatureIdentificationConfig',
-           'AblationConfig', 'KnockoutConfig', 'EvaluationConfig', 'Config', 'out_of_range', 'project_root',
-           'read_yaml', 'config_from_dict', 'load_config', 'config_reference', 'config_hash', 'resolve_experiment_dir',
-           'resolve_device', 'resolve_dtype', 'package_versions', 'save_config', 'check_experiment_dir',
-           'prepare_experiment', 'read_step_json', 'step_done', 'mark_done', 'FolderLockedError', 'lock_holder',
-           'experiment_lock']
+__all__ = ['Architecture', 'PositionKind', 'EditPosition', 'AblationMode', 'Baseline', 'ControlTask', 'Flow', 'PrimaryMetric',
+           'CorrectnessMetric', 'FeatureScore', 'Selection', 'AttnImplementation', 'ModelDtype', 'ShardDtype',
+           'TrainDtype', 'IGNORED_KEYS', 'MODEL_ALIASES', 'METRIC_ALIASES', 'CHOICES', 'RANGES', 'LOCK_NAME',
+           'UserError', 'ConfigError', 'DiskFullError', 'IgnoredKeyWarning', 'not_writable', 'atomic_path',
+           'atomic_write_bytes', 'atomic_write_text', 'to_json', 'atomic_write_json', 'choices', 'ModelConfig',
+           'SAEConfig', 'TrainingConfig', 'HarvestConfig', 'ExperimentConfig', 'WorldConfig', 'DatasetConfig',
+           'FeatureIdentificationConfig', 'AblationConfig', 'KnockoutConfig', 'EvaluationConfig', 'Config',
+           'schema_fields', 'out_of_range', 'project_root', 'read_yaml', 'config_from_dict', 'load_config',
+           'config_reference', 'config_hash', 'resolve_experiment_dir', 'resolve_device', 'resolve_dtype',
+           'package_versions', 'save_config', 'check_experiment_dir', 'prepare_experiment', 'read_step_json',
+           'step_done', 'mark_done', 'FolderLockedError', 'lock_holder', 'experiment_lock']
 
 # %% ../nbs/10_config.ipynb #c1dc8e04
 import yaml
@@ -92,22 +94,45 @@ def atomic_write_json(path, obj):
     "Write `obj` as canonical JSON to `path` atomically."
     return atomic_write_text(path, to_json(obj))
 
+# %% ../nbs/10_config.ipynb #80de5471
+Architecture = Literal["topk", "batchtopk", "relu", "jumprelu"]               # SAE families (`binding_sae.sae`)
+PositionKind = Literal["question", "attribute", "all", "last", "image"]       # token positions a prompt is read at
+EditPosition = Literal["attribute", "question", "all", "last"]                # positions where latents are scored and ablated
+AblationMode = Literal["residual", "replace"]
+Baseline = Literal["top_mean_activation", "top_firing_rate", "top_decoded_norm", "best_random_on_select"]
+ControlTask = Literal["control", "relation", "readout"]                       # question roles that serve as controls
+Flow = Literal["Image->Question", "Image->Last", "Question->Last", "Last->Last",
+               "Image Central Object->Question", "Image Without Central Object->Question"]  # attention flows a knockout blocks
+PrimaryMetric = Literal["logit_diff", "pred_token_prob", "gt_token_prob"]
+CorrectnessMetric = Literal["option_logprob", "string_match"]
+FeatureScore = Literal["binding", "smd", "auroc"]
+Selection = Literal["greedy", "backward", "ranked"]
+AttnImplementation = Literal["eager", "sdpa", "flash_attention_2"]
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+ShardDtype = Literal["float16", "bfloat16", "float32"]
+TrainDtype = Literal["float32", "bfloat16"]
+
+def choices(t) -> tuple:
+    "The allowed values of a choice type (a `Literal`, or a list or optional of one); `()` for any other type."
+    if get_origin(t) is Literal: return get_args(t)
+    return next((c for a in get_args(t) if (c := choices(a))), ())
+
 # %% ../nbs/10_config.ipynb #75e49d11
 @dataclass
 class ModelConfig:
     name: str = "models/toy_llava"          # HF hub id or local folder; liuhaotian/llava-v1.5-7b maps to llava-hf/llava-1.5-7b-hf
     target_layer: int = 2                   # decoder layer whose output (residual stream) the SAE reads
     d_model: int | None = None              # residual width; None = read from the model (checked when given)
-    dtype: str = "auto"                     # auto (bf16 on cuda, fp32 on cpu) | float32 | bfloat16 | float16
+    dtype: ModelDtype = "auto"              # weights dtype; auto = bfloat16 on cuda, float32 on cpu
     device: str = "auto"                    # auto | cpu | cuda | cuda:N
-    attn_implementation: str = "eager"      # eager | sdpa (flash_attention_2 cannot take knockout masks)
+    attn_implementation: AttnImplementation = "eager"  # attention kernel (flash_attention_2 cannot take knockout masks)
     prompt_template: str | None = None      # None = chosen per model; must contain {question}
     conv_mode: str | None = None            # old pipeline's key (ignored)
     model_base: str | None = None           # old pipeline's key (ignored)
 
 @dataclass
 class SAEConfig:
-    architecture: str = "topk"              # topk | batchtopk | relu | jumprelu
+    architecture: Architecture = "topk"     # SAE family
     n_features: int = 512                   # number of latents (d_sae)
     k: int = 16                             # active latents per token (topk, batchtopk)
     l1_coeff: float = 1e-3                  # sparsity penalty (relu): per-sample sum of |f|·‖W_dec row‖
@@ -127,14 +152,14 @@ class TrainingConfig:
     decay_fraction: float = 0.2             # final fraction of steps with linear decay to 0
     grad_clip: float = 1.0                  # gradient-norm clip (0 = none)
     seed: int = 42                          # seed of SAE init, batching and every random choice of the steps
-    dtype: str = "float32"                  # autocast dtype of the SAE step on GPU (bfloat16 | float32)
+    dtype: TrainDtype = "float32"           # autocast dtype of the SAE step on GPU
     checkpoint_every: int = 200             # steps between resumable checkpoints
 
 @dataclass
 class HarvestConfig:
     batch_size: int = 32                    # questions per VLM forward
-    dtype: str = "float16"                  # dtype of activation shards on disk
-    positions: str = "question"             # question | attribute | all | last | image
+    dtype: ShardDtype = "float16"           # dtype of activation shards on disk
+    positions: PositionKind = "question"    # token positions whose vectors are harvested
     layers: list[int] | None = None         # layers harvested in one pass; None = [model.target_layer]
     shard_size: int = 65_536                # vectors per shard file
     max_questions: int | None = None        # cap on sae_train questions (None = all)
@@ -170,9 +195,9 @@ class DatasetConfig:
 
 @dataclass
 class FeatureIdentificationConfig:
-    correctness_metric: str = "option_logprob"  # option_logprob | string_match
-    position_type: str = "attribute"        # attribute | question | all | last
-    score: str = "binding"                  # binding (attribution of the logit difference) | smd | auroc
+    correctness_metric: CorrectnessMetric = "option_logprob"  # how a select answer counts as right: the true option scores higher, or the greedy answer matches
+    position_type: EditPosition = "attribute"  # positions where latents are scored
+    score: FeatureScore = "binding"         # binding = attribution of the logit difference; smd, auroc compare correct with incorrect questions
     min_activation: float = 0.1             # a latent counts as firing above this activation
     min_diff: float = 0.0                   # old filter: minimum correct-minus-incorrect mean activation
     discrimination_threshold: float = 2.0   # old filter: minimum ratio of means (only as a filter, never a rank)
@@ -181,26 +206,26 @@ class FeatureIdentificationConfig:
     min_firing_rate: float = 0.01           # latents firing on fewer questions cannot be selected
     min_group_size: int = 10                # smallest correct / incorrect group that is compared
     n_verify: int = 64                      # candidates (best by the score, then by activation) measured by patching on select
-    selection: str = "greedy"               # greedy (add the candidate with the largest measured marginal drop, one at a time) | backward (start from all candidates removed, spare the one that matters least, one at a time) | ranked (top_k by the score)
+    selection: Selection = "greedy"         # greedy (add the candidate with the largest measured marginal drop, one at a time) | backward (start from all candidates removed, spare the one that matters least, one at a time) | ranked (top_k by the score)
     batch_size: int = 32                    # questions per forward
     fallback: dict | None = None            # old pipeline's key (ignored)
 
 @dataclass
 class AblationConfig:
-    position_type: str = "attribute"        # attribute | question | all | last
-    mode: str = "residual"                  # residual (subtract delta_scale × decoded contribution) | replace
+    position_type: EditPosition = "attribute"  # positions where the features are removed
+    mode: AblationMode = "residual"         # residual = subtract delta_scale × the decoded contribution; replace = run the rest of the reconstruction
     delta_scale: float = 1.0                # multiple of the decoded contribution removed (residual mode)
     n_random_features: int = 1000           # matched random feature sets (permutation null)
-    baselines: list[str] = field(default_factory=lambda: ["top_mean_activation", "top_firing_rate", "top_decoded_norm", "best_random_on_select"])  # trivial same-size sets chosen on select that the selected set must beat
+    baselines: list[Baseline] = field(default_factory=lambda: ["top_mean_activation", "top_firing_rate", "top_decoded_norm", "best_random_on_select"])  # trivial same-size sets chosen on select that the selected set must beat
     ceiling: bool = True                    # also remove everything at the positions (all latents in replace mode; the residual zeroed)
     n_bootstrap: int = 1000                 # bootstrap resamples for confidence intervals
     match_bins: int = 5                     # quantile bins for matching firing rate and decoded norm
-    control_tasks: list[str] = field(default_factory=lambda: ["control", "relation", "readout"])  # specificity controls (readout: answer readout without binding)
+    control_tasks: list[ControlTask] = field(default_factory=lambda: ["control", "relation", "readout"])  # specificity controls (readout: answer readout without binding)
     batch_size: int = 64                    # conditions per suffix forward
 
 @dataclass
 class KnockoutConfig:
-    flows: list[str] = field(default_factory=lambda: ["Image->Question", "Image->Last", "Question->Last"])  # blocked flows
+    flows: list[Flow] = field(default_factory=lambda: ["Image->Question", "Image->Last", "Question->Last"])  # blocked flows
     window: int = 9                         # layers blocked around each layer
     layers: list[int] | None = None         # layers swept (None = all)
     filter_correct: bool = True             # only questions the model answers right
@@ -213,7 +238,7 @@ class KnockoutConfig:
 
 @dataclass
 class EvaluationConfig:
-    primary_metric: str = "logit_diff"      # logit_diff | pred_token_prob | gt_token_prob
+    primary_metric: PrimaryMetric = "logit_diff"  # metric the statistics test
     significance_level: float = 0.05        # alpha for Holm-corrected permutation p
     min_relative_drop: float = 0.1          # smallest relative drop of the primary metric that counts as support (pre-registered effect size)
     max_match_smd: float = 0.25             # largest |standardized mean difference| of the random sets' matching statistics that still counts as matched
@@ -266,23 +291,16 @@ IGNORED_KEYS = {
 MODEL_ALIASES = {"liuhaotian/llava-v1.5-7b": "llava-hf/llava-1.5-7b-hf",
                  "liuhaotian/llava-v1.5-13b": "llava-hf/llava-1.5-13b-hf"}
 METRIC_ALIASES = {"forced_choice_margin": "logit_diff"}
-CHOICES = {
-    "sae.architecture": ("topk", "batchtopk", "relu", "jumprelu"),
-    "harvest.positions": ("question", "attribute", "all", "last", "image"),
-    "feature_identification.correctness_metric": ("option_logprob", "string_match"),
-    "feature_identification.position_type": ("attribute", "question", "all", "last"),
-    "feature_identification.score": ("binding", "smd", "auroc"),
-    "ablation.position_type": ("attribute", "question", "all", "last"),
-    "ablation.mode": ("residual", "replace"),
-    "feature_identification.selection": ("greedy", "backward", "ranked"),
-    "evaluation.primary_metric": ("logit_diff", "pred_token_prob", "gt_token_prob"),
-    "model.attn_implementation": ("eager", "sdpa", "flash_attention_2"),
-    "training.dtype": ("float32", "bfloat16"),
-    "harvest.dtype": ("float16", "bfloat16", "float32"),
-    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "ablation.control_tasks": ("control", "relation", "readout"),  # lists: every element is one of these
-    "ablation.baselines": ("top_mean_activation", "top_firing_rate", "top_decoded_norm", "best_random_on_select"),
-}
+def schema_fields(cls=None, prefix=""):
+    "`(dotted key, type, field, section class)` of every setting of `Config` (or of section class `cls`), in schema order."
+    if cls is None:
+        for sec in fields(Config):
+            if sec.name not in ("source", "base_dir"): yield from schema_fields(get_type_hints(Config)[sec.name], sec.name + ".")
+        return
+    for f in fields(cls): yield prefix + f.name, get_type_hints(cls)[f.name], f, cls
+
+CHOICES = {key: choices(t) for key, t, *_ in schema_fields() if choices(t)}  # the allowed values of each choice setting
+
 
 # %% ../nbs/10_config.ipynb #9b752115
 RANGES = {
@@ -308,6 +326,7 @@ RANGES = {
 
 # %% ../nbs/10_config.ipynb #e348ded9
 def _type_name(t) -> str:
+    if get_origin(t) is Literal: return type(get_args(t)[0]).__name__
     if get_origin(t) in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in get_args(t))
     return getattr(t, "__name__", str(t)).replace("NoneType", "null")
@@ -323,6 +342,12 @@ def _check_value(value, t, key, src):
             try: return _check_value(value, a, key, src)
             except ConfigError: pass
         raise bad
+    if origin is Literal:
+        if not isinstance(value, type(args[0])): raise bad
+        if value in args: return value
+        close = difflib.get_close_matches(str(value), args, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{key} in {src} is {value!r}; choose one of {', '.join(args)}{hint}.")
     if dataclasses.is_dataclass(t):
         if not isinstance(value, dict): raise bad
         return _build(t, value, src, key + ".")
@@ -355,14 +380,7 @@ def _build(cls, data:dict, src, prefix=""):
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(prefix + n for n in names)}."
             raise ConfigError(f"Unknown key {full} in {src}: {hint}")
-        value = _check_value(value, hints[key], full, src)
-        for i, v in enumerate(value) if isinstance(value, list) and full in CHOICES else [(None, value)]:
-            if full in CHOICES and v not in CHOICES[full] and not (full == "evaluation.primary_metric" and v in METRIC_ALIASES):
-                close = difflib.get_close_matches(str(v), CHOICES[full], n=1, cutoff=0.5)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                name = full if i is None else f"{full}[{i}]"
-                raise ConfigError(f"{name} in {src} is {v!r}; choose one of {', '.join(CHOICES[full])}{hint}.")
-        kwargs[key] = value
+        kwargs[key] = _check_value(value, hints[key], full, src)
     return cls(**kwargs)
 
 # %% ../nbs/10_config.ipynb #301de7db
@@ -411,10 +429,6 @@ def _check_ranges(cfg:Config, src):
 def _finish(cfg:Config, src) -> Config:
     if cfg.model.name in MODEL_ALIASES:
         cfg.model.name = MODEL_ALIASES[cfg.model.name]
-    if cfg.evaluation.primary_metric in METRIC_ALIASES:
-        new = METRIC_ALIASES[cfg.evaluation.primary_metric]
-        warnings.warn(f"evaluation.primary_metric {cfg.evaluation.primary_metric!r} in {src} is read as {new!r}.", IgnoredKeyWarning, stacklevel=2)
-        cfg.evaluation.primary_metric = new
     _check_ranges(cfg, src)
     fr = cfg.dataset.split_fractions
     if set(fr) != {"sae_train", "select", "test"} or abs(sum(fr.values()) - 1) > 1e-6:
@@ -424,6 +438,14 @@ def _finish(cfg:Config, src) -> Config:
     return cfg
 
 # %% ../nbs/10_config.ipynb #e9d844b3
+def _read_metric_alias(data:dict, src):
+    "Rename an old knockout config's metric to ours in place (with a warning), before the schema check."
+    ev = data.get("evaluation")
+    old = ev.get("primary_metric") if isinstance(ev, dict) else None
+    if isinstance(old, str) and old in METRIC_ALIASES:
+        warnings.warn(f"evaluation.primary_metric {old!r} in {src} is read as {METRIC_ALIASES[old]!r}.", IgnoredKeyWarning, stacklevel=3)
+        ev["primary_metric"] = METRIC_ALIASES[old]
+
 def _set_dotted(d:dict, key:str, value):
     parts = key.split(".")
     for p in parts[:-1]: d = d.setdefault(p, {})
@@ -465,6 +487,7 @@ def config_from_dict(data:dict|None, src:str="<dict>", overrides:dict|None=None,
     data = json.loads(json.dumps(data or {}))
     if not isinstance(data, dict): raise ConfigError(f"{src} must hold a mapping of sections (model:, sae:, …).")
     for k, v in (overrides or {}).items(): _set_dotted(data, k, v)
+    _read_metric_alias(data, src)
     cfg = _build(Config, data, src)
     cfg.source, cfg.base_dir = src, str(base_dir) if base_dir else None
     return _finish(cfg, src)
@@ -492,20 +515,15 @@ def _field_comments() -> dict:
 def config_reference() -> str:
     "A Markdown table of every config key: type, default, valid range and meaning (from the field comments)."
     comments, rows = _field_comments(), ["| key | type | default | range | meaning |", "|---|---|---|---|---|"]
-    for sec in fields(Config):
-        if sec.name in ("source", "base_dir"): continue
-        cls = get_type_hints(Config)[sec.name]
-        for f in fields(cls):
-            key = f"{sec.name}.{f.name}"
-            if key in IGNORED_KEYS: continue
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            if dataclasses.is_dataclass(default): default = asdict(default)
-            meaning = comments.get((cls.__name__, f.name), "").replace("|", "\\|")
-            t = get_type_hints(cls)[f.name]
-            rng = RANGES.get(key, "")
-            if rng and {list, dict} & {get_origin(a) for a in (t, *get_args(t))}: rng = "each " + rng
-            rng = rng or "; ".join(f"{k[len(key) + 1:]} {r}" for k, r in RANGES.items() if k.startswith(key + "."))
-            rows.append(f"| `{key}` | {_type_name(t)} | `{json.dumps(default)}` | {rng} | {meaning} |")
+    for key, t, f, cls in schema_fields():
+        if key in IGNORED_KEYS: continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default): default = asdict(default)
+        meaning = comments.get((cls.__name__, f.name), "").replace("|", "\\|")
+        rng = RANGES.get(key, "") or (f"one of {', '.join(CHOICES[key])}" if key in CHOICES else "")
+        if rng and {list, dict} & {get_origin(a) for a in (t, *get_args(t))}: rng = "each " + rng
+        rng = rng or "; ".join(f"{k[len(key) + 1:]} {r}" for k, r in RANGES.items() if k.startswith(key + "."))
+        rows.append(f"| `{key}` | {_type_name(t)} | `{json.dumps(default)}` | {rng} | {meaning} |")
     return "\n".join(rows) + "\n"
 
 # %% ../nbs/10_config.ipynb #7abe9215
