@@ -11,8 +11,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['log', 'ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAELENS_FORMAT_VERSION', 'SAEError', 'NonFiniteError', 'SAE',
            'auxk_loss', 'TopKSAE', 'BatchTopKSAE', 'ReLUSAE', 'JumpReLUSAE', 'make_sae', 'load_shard',
-           'ActivationBatches', 'geometric_median', 'init_from_data', 'lr_factor', 'default_lr', 'SAETrainer',
-           'read_checkpoint', 'train_sae', 'sae_metrics', 'planted_dictionary', 'dictionary_recovery', 'save_sae',
+           'ActivationBatches', 'geometric_median', 'init_from_data', 'lr_factor', 'SAETrainer', 'read_checkpoint',
+           'training_steps', 'train_sae', 'sae_metrics', 'planted_dictionary', 'dictionary_recovery', 'save_sae',
            'load_sae', 'load_sae_checkpoint']
 
 # %% ../nbs/00_sae.ipynb #d03095b1
@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 # %% ../nbs/00_sae.ipynb #a05683a0
-from .config import UserError, atomic_path, atomic_write_json, resolve_device
+from .config import UserError, SAEConfig, TrainingConfig, atomic_path, atomic_write_json, resolve_device
 
 # %% ../nbs/00_sae.ipynb #0277d9f3
 log = logging.getLogger(__name__)
@@ -441,38 +441,26 @@ def lr_factor(step:int, n_steps:int, warmup_steps:int=0, decay_fraction:float=0.
     decay = min(1.0, (n_steps - step) / decay_steps) if decay_steps > 0 else 1.0
     return warm * max(decay, 0.0)
 
-def default_lr(d_sae:int) -> float:
-    "sparsify's learning-rate rule for `d_sae` latents."
-    return 2e-4 / math.sqrt(d_sae / 2**14)
-
 # %% ../nbs/00_sae.ipynb #dfd7619e
 class SAETrainer:
     "One SAE with its Adam optimiser, LR schedule and dead-latent tracker; `step(x)` trains on one batch."
     def __init__(self,
                  sae:SAE,
-                 n_steps:int,                     # total steps (sets the schedule)
-                 lr:float|None=None,              # peak learning rate; None = default_lr(d_sae)
-                 warmup_steps:int=1000,           # linear warm-up steps
-                 decay_fraction:float=0.2,        # final fraction of steps with linear decay to 0
-                 grad_clip:float|None=1.0,        # max global gradient norm (None = no clipping)
-                 auxk_k:int|None=None,            # latents in the AuxK loss; None = d_in // 2
-                 auxk_coeff:float=1/32,           # weight of the AuxK loss (0 = off)
-                 dead_tokens:int=10_000_000,      # tokens without firing after which a latent is dead
-                 device:str="auto",               # auto | cpu | cuda | cuda:N
-                 autocast_dtype="auto",           # auto (bf16 on cuda, none on cpu) | float32 | bfloat16 | a torch dtype
-                 compile:bool=False,              # torch.compile the loss computation
+                 n_steps:int,                       # total steps (sets the schedule)
+                 sae_cfg:SAEConfig|None=None,       # the config's `sae` section: auxk_k, auxk_coeff, dead_tokens (None = defaults)
+                 training:TrainingConfig|None=None, # its `training` section: learning_rate, warmup_steps, decay_fraction, grad_clip, dtype
+                 device="auto",                     # auto | cpu | cuda | cuda:N
+                 compile:bool=False,                # torch.compile the loss computation
                 ):
+        s, t = sae_cfg or SAEConfig(), training or TrainingConfig()
         self.device = torch.device(resolve_device(device))
         self.sae = sae.to(self.device)
-        self.n_steps, self.warmup_steps, self.decay_fraction = int(n_steps), int(warmup_steps), float(decay_fraction)
-        self.lr = float(lr) if lr is not None else default_lr(sae.d_sae)
-        self.grad_clip, self.auxk_coeff = grad_clip, float(auxk_coeff)
-        self.auxk_k = int(auxk_k) if auxk_k is not None else max(1, sae.d_in // 2)
-        self.dead_tokens = int(dead_tokens)
+        self.n_steps, self.warmup_steps, self.decay_fraction = int(n_steps), int(t.warmup_steps), float(t.decay_fraction)
+        self.lr, self.grad_clip, self.auxk_coeff = float(t.learning_rate), t.grad_clip, float(s.auxk_coeff)
+        self.auxk_k = int(s.auxk_k) if s.auxk_k is not None else max(1, sae.d_in // 2)
+        self.dead_tokens = int(s.dead_tokens)
         sae.dead_tokens = self.dead_tokens
-        if autocast_dtype == "auto": autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
-        if isinstance(autocast_dtype, str): autocast_dtype = getattr(torch, autocast_dtype)
-        self.autocast_dtype = None if autocast_dtype == torch.float32 else autocast_dtype
+        self.autocast_dtype = None if t.dtype == "float32" else getattr(torch, t.dtype)
         self.opt = torch.optim.Adam(sae.parameters(), lr=self.lr, fused=self.device.type == "cuda")
         self.loss_fn = torch.compile(sae.training_loss) if compile else sae.training_loss
         self.step_count = 0
@@ -561,44 +549,36 @@ def read_checkpoint(path) -> dict:
                        "it is truncated, corrupt or not a .pt file; copy it again or point --sae_checkpoint elsewhere.") from None
 
 # %% ../nbs/00_sae.ipynb #a63b6878
+def training_steps(batches, # the batch source (needs batch_size, and n_rows unless training.n_tokens is set)
+                   training:TrainingConfig, # the config's `training` section
+                  ) -> int:
+    "Optimiser steps of a run: `training.n_tokens` rows (None = `training.epochs` passes over the source) in batches."
+    if not hasattr(batches, "batch_size") or (training.n_tokens is None and not hasattr(batches, "n_rows")):
+        raise SAEError("train_sae needs n_steps, or a batch source with a batch_size and n_rows (an ActivationBatches).")
+    return math.ceil((training.n_tokens or training.epochs * batches.n_rows) / batches.batch_size)
+
 def train_sae(sae:SAE,
-              batches,                        # iterable of (B, d_in) tensors; ActivationBatches for resumable runs
-              n_steps:int|None=None,          # optimiser steps; or give n_tokens
-              n_tokens:int|None=None,         # training rows; steps = ceil(n_tokens / batches.batch_size)
-              lr:float|None=None,             # peak learning rate; None = default_lr(d_sae)
-              warmup_steps:int=1000,          # linear warm-up steps
-              decay_fraction:float=0.2,       # final fraction of steps with linear decay to 0
-              grad_clip:float|None=1.0,       # max global gradient norm
-              auxk_k:int|None=None,           # latents in the AuxK loss; None = d_in // 2
-              auxk_coeff:float=1/32,          # weight of the AuxK loss (0 = off)
-              dead_tokens:int=10_000_000,     # tokens without firing after which a latent is dead
-              seed:int=42,                    # seed of torch's RNG for the run
-              device:str="auto",              # auto | cpu | cuda | cuda:N
-              autocast_dtype="auto",          # auto (bf16 on cuda) | float32 | bfloat16
-              compile:bool=False,             # torch.compile the loss computation
-              b_dec_init:str="mean",          # mean | geometric_median (of the first batch)
-              checkpoint_path=None,           # resumable checkpoint file (written atomically; resumed when present)
-              checkpoint_every:int=1000,      # steps between checkpoints
-              log_every:int=100,              # steps between history rows
-              eval_batch=None,                # held-out rows for eval_fvu / eval_l0 in the history
-              metadata:dict|None=None,        # stored in the checkpoint (model name, layer, positions, ...)
-              progress:bool=True,             # show a progress bar
+              batches,                          # iterable of (B, d_in) tensors; ActivationBatches for resumable runs
+              sae_cfg:SAEConfig|None=None,      # the config's `sae` section: AuxK and dead-latent settings (None = defaults)
+              training:TrainingConfig|None=None, # its `training` section: schedule, clipping, seed, dtype, checkpoint_every
+              n_steps:int|None=None,            # optimiser steps; None = `training_steps(batches, training)`
+              device="auto",                    # auto | cpu | cuda | cuda:N
+              checkpoint_path=None,             # resumable checkpoint file (written atomically; resumed when present)
+              eval_batch=None,                  # held-out rows for eval_fvu / eval_l0 in the history
+              metadata:dict|None=None,          # stored in the checkpoint (model name, layer, positions, ...)
+              progress:bool=True,               # show a progress bar
              ) -> list:
-    "Train `sae` in place; return the history (one dict per `log_every` steps)."
-    if n_steps is None:
-        if n_tokens is None or not hasattr(batches, "batch_size"):
-            raise SAEError("train_sae needs n_steps, or n_tokens with a batch source that has a batch_size.")
-        n_steps = math.ceil(n_tokens / batches.batch_size)
-    n_steps = int(n_steps)
+    "Train `sae` in place; return the history (one dict per 1/50 of the steps)."
+    t = training or TrainingConfig()
+    n_steps = int(n_steps if n_steps is not None else training_steps(batches, t))
     if n_steps < 1: raise SAEError(f"The SAE needs at least one training step, got n_steps={n_steps}.")
-    torch.manual_seed(seed)
+    log_every, checkpoint_every = max(1, n_steps // 50), t.checkpoint_every
+    torch.manual_seed(t.seed)
     if metadata: sae.metadata.update(metadata)
-    tr = SAETrainer(sae, n_steps, lr=lr, warmup_steps=warmup_steps, decay_fraction=decay_fraction, grad_clip=grad_clip,
-                    auxk_k=auxk_k, auxk_coeff=auxk_coeff, dead_tokens=dead_tokens, device=device,
-                    autocast_dtype=autocast_dtype, compile=compile)
-    settings = dict(sae=sae.config(), n_steps=n_steps, lr=tr.lr, warmup_steps=int(warmup_steps),
-                    decay_fraction=float(decay_fraction), grad_clip=grad_clip, auxk_k=tr.auxk_k,
-                    auxk_coeff=tr.auxk_coeff, dead_tokens=tr.dead_tokens, seed=int(seed), b_dec_init=b_dec_init)
+    tr = SAETrainer(sae, n_steps, sae_cfg, t, device)
+    settings = dict(sae=sae.config(), n_steps=n_steps, lr=tr.lr, warmup_steps=tr.warmup_steps,
+                    decay_fraction=tr.decay_fraction, grad_clip=tr.grad_clip, auxk_k=tr.auxk_k,
+                    auxk_coeff=tr.auxk_coeff, dead_tokens=tr.dead_tokens, seed=int(t.seed))
     history, cursor = [], 0
     acc = {k: torch.zeros((), device=tr.device) for k in _LOGGED}
     acc_n = 0
@@ -625,7 +605,7 @@ def train_sae(sae:SAE,
     last_check = tr.step_count
     bar = tqdm(total=n_steps, initial=tr.step_count, desc="SAE", disable=not progress, leave=False)
     for x in _iter_from(batches, cursor):
-        if tr.step_count == 0: init_from_data(sae, x, b_dec_init)
+        if tr.step_count == 0: init_from_data(sae, x)
         out = tr.step(x)
         cursor += 1; bar.update(1)
         for k in _LOGGED: acc[k] += out[k]

@@ -185,18 +185,13 @@ def train_step(cfg:Config, exp_dir) -> dict:
     sae = make_sae(s.architecture, vlm.d_model, s.n_features, seed=t.seed, k=s.k, l1_coeff=s.l1_coeff,
                    jumprelu_bandwidth=s.jumprelu_bandwidth, jumprelu_init_threshold=s.jumprelu_init_threshold)
     batches = ActivationBatches(shard_paths(exp / "activations/train", layer), t.batch_size, seed=t.seed)
-    n_tokens = t.n_tokens or t.epochs * tr["vectors"]
     meta = dict(model_name=cfg.model.name, layer=layer, positions=kind, dataset=str(cfg.dataset.refined_dataset),
                 config_hash=config_hash(cfg))
     x_eval = torch.cat([load_shard(p) for p in shard_paths(exp / "activations/eval", layer)]).float()
     if (exp / "sae_checkpoint.pt").exists() and not step_done(exp, "train", cfg):
         _drop_stale_checkpoint(exp / "sae_checkpoint.pt", cfg)
-    history = train_sae(sae, batches, n_tokens=n_tokens, lr=t.learning_rate, warmup_steps=t.warmup_steps,
-                        decay_fraction=t.decay_fraction, grad_clip=t.grad_clip, auxk_k=s.auxk_k, auxk_coeff=s.auxk_coeff,
-                        dead_tokens=s.dead_tokens, seed=t.seed, device=device,
-                        autocast_dtype="bfloat16" if t.dtype == "bfloat16" else "float32",
-                        checkpoint_path=exp / "sae_checkpoint.pt", checkpoint_every=t.checkpoint_every,
-                        log_every=max(1, math.ceil(n_tokens / t.batch_size) // 50), eval_batch=x_eval[:4096], metadata=meta)
+    history = train_sae(sae, batches, s, t, device=device, checkpoint_path=exp / "sae_checkpoint.pt",
+                        eval_batch=x_eval[:4096], metadata=meta)
     save_sae(sae, exp / "sae", meta)
     sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=layer)
     metrics = {**sae_metrics(sae, x_eval), **spliced_quality(vlm, sae, eval_q, layer, kind, h.batch_size),
