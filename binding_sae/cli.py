@@ -8,7 +8,7 @@ import argparse, json, logging, sys, warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['build_parser', 'main']
+__all__ = ['TOY_COMMANDS', 'show_defaults', 'toy_train_parser', 'toy_eval_parser', 'build_parser', 'main']
 
 # %% ../nbs/16_cli.ipynb #8b78fb33
 from .config import UserError, load_config, resolve_experiment_dir
@@ -25,80 +25,165 @@ def _overrides(pairs) -> dict:
         except yaml.YAMLError: out[k] = v  # e.g. a prompt template with ': ' is the string it reads as
     return out
 
-def _step_args(p:argparse.ArgumentParser):
+def _step_args(p:argparse.ArgumentParser, engine:str="direct"):
     p.add_argument("--config", required=True, help="YAML config")
-    p.add_argument("--experiment_name", help="experiment name → <experiment.output_base>/<name>")
+    p.add_argument("--experiment_name", help="experiment name → <experiment.output_base>/<name> (default: the config's "
+                   "experiment.output_dir, else <experiment.output_base>/<experiment.name>)")
     p.add_argument("--experiment_dir", help="experiment folder (wins over --experiment_name)")
     p.add_argument("--force", action="store_true", help="rerun even if finished; overwrite a folder of another config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
-    p.add_argument("--engine", choices=["direct", "papermill"], default="direct", help="run the exported function (direct) or the step notebook (papermill)")
+    p.add_argument("--engine", choices=["direct", "papermill"], default=engine,
+                   help="run the exported function (direct) or the step notebook (papermill)")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON instead of the verdict summary")
+
+def show_defaults(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
+    "State every option's default in its help (argparse shows a default only next to a help text)."
+    for a in p._actions:
+        if not (a.default is None or a.default is False or a.default == argparse.SUPPRESS) and "%(default)" not in (a.help or ""):
+            a.help = f"{a.help or ''} (default: %(default)s)".strip()
+    return p
+
+def toy_train_parser() -> argparse.ArgumentParser:
+    "The arguments of `binding-sae toy-train` (see `binding_sae.toy.toy_train`)."
+    p = argparse.ArgumentParser(prog='binding-sae toy-train', description='Train the toy LLaVA on the synthetic world.')
+    p.add_argument('--out_dir', default='models/toy_llava'); p.add_argument('--seed', type=int, default=20)
+    p.add_argument('--steps', type=int, default=8000); p.add_argument('--device', default='auto')
+    p.add_argument('--pool_size', type=int, default=50_000); p.add_argument('--batch_size', type=int, default=256)
+    p.add_argument('--lr', type=float, default=2e-3); p.add_argument('--vision_steps', type=int, default=1500)
+    p.add_argument('--probe_step', type=int, default=8000); p.add_argument('--probe_min', type=float, default=0.8)
+    p.add_argument('--max_restarts', type=int, default=3); p.add_argument('--eval_n', type=int, default=2000)
+    p.add_argument('--eval_seed', type=int, default=1); p.add_argument('--log_every', type=int, default=500)
+    p.add_argument('--workers', type=int, default=None, help='rendering / batching processes')
+    p.add_argument('--d_model', type=int, default=128); p.add_argument('--n_layers', type=int, default=4)
+    p.add_argument('--vision_layers', type=int, default=3)
+    p.add_argument('--route_p_early', type=float, default=0.0,
+                   help='knockout augmentation: share of QA sequences whose answer rows may not see the image (0 = off)')
+    p.add_argument('--route_p_late', type=float, default=None, help='that share after --route_switch (None: --route_p_early)')
+    p.add_argument('--route_switch', type=float, default=1.0, help='fraction of the steps trained with --route_p_early')
+    p.add_argument('--route_answer_word', type=int, default=1, choices=(0, 1), help="1 = also cut the word 'answer' off the image")
+    p.add_argument('--single_fraction', type=float, default=0.0,
+                   help='share of the training pool that are single-object scenes, whose question rows may not see the image')
+    p.add_argument('--knockout_n', type=int, default=0, help='fresh scenes for a knockout profile in the training record')
+    p.add_argument('--knockout_seed', type=int, default=7)
+    return show_defaults(p)
+
+def toy_eval_parser() -> argparse.ArgumentParser:
+    "The arguments of `binding-sae toy-eval`."
+    p = argparse.ArgumentParser(prog='binding-sae toy-eval', description='Evaluate the toy LLaVA on fresh world scenes.')
+    p.add_argument('--model', default='models/toy_llava'); p.add_argument('--n', type=int, default=2000)
+    p.add_argument('--seed', type=int, default=1); p.add_argument('--device', default='cpu')
+    p.add_argument('--json', action='store_true', help='print only the JSON object')
+    p.add_argument('--knockout_n', type=int, default=0, help='also print the knockout profile on this many fresh scenes')
+    p.add_argument('--knockout_seed', type=int, default=7)
+    return show_defaults(p)
+
+TOY_COMMANDS = {"toy-train": ("toy_train_cli", toy_train_parser), "toy-eval": ("toy_eval_cli", toy_eval_parser)}
+
+def _gqa_args(p:argparse.ArgumentParser):
+    p.add_argument("--questions", required=True, help="GQA question JSON (e.g. val_balanced_questions.json)")
+    p.add_argument("--scene_graphs", required=True, help="GQA scene-graph JSON of the same images (e.g. val_sceneGraphs.json)")
+    p.add_argument("--task", required=True, help="a Choose task: ChooseAttr, ChooseCat or ChooseRel")
+    p.add_argument("--out", required=True, help="CSV to write")
+    p.add_argument("--max_questions", type=int, help="keep a seeded sample of this many questions (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of that sample")
 
 def build_parser() -> argparse.ArgumentParser:
     "The `binding-sae` argument parser."
     ap = argparse.ArgumentParser(prog="binding-sae", description="Find and causally test attribute-binding SAE features of LLaVA-style models.")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("check-config", help="validate a config (warnings on stderr)")
+    p = sub.add_parser("check-config", help="validate a config and check that every input it reads exists (warnings on stderr)")
     p.add_argument("config", help="YAML config")
+    p.add_argument("--experiment_name", help="also check that this experiment folder accepts the config")
+    p.add_argument("--experiment_dir", help="also check that this experiment folder accepts the config")
     p = sub.add_parser("make-world", help="write the synthetic binding world (CSV + images)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n", type=int, default=1000, help="number of scenes")
     p.add_argument("--seed", type=int, default=0, help="world seed")
+    p = sub.add_parser("prepare-gqa", help="build a refined GQA question CSV from GQA's question and scene-graph JSON")
+    _gqa_args(p)
     sub.add_parser("toy-train", help="retrain the toy LLaVA model organism", add_help=False)
     sub.add_parser("toy-eval", help="accuracy of the toy model on fresh scenes", add_help=False)
-    p = sub.add_parser("run", help="run the pipeline (steps 1-5)")
-    _step_args(p)
-    p.set_defaults(engine="papermill")
-    p.add_argument("--steps", help="steps to run, e.g. 2,3 or identify,ablate (default: all)")
+    p = sub.add_parser("run", help="run the pipeline (steps 1-5; default engine papermill)")
+    _step_args(p, engine="papermill")
+    p.add_argument("--steps", help="steps to run, e.g. 2,3 or identify,ablate (default: all five)")
     p.add_argument("--skip_train", action="store_true", help="skip step 1 (use --sae_checkpoint)")
     p.add_argument("--sae_checkpoint", help="SAE to use: sae_checkpoint.pt, an sae/ folder, or an old pipeline .pt")
-    p.add_argument("--dry_run", action="store_true", help="validate config, folder and steps only")
+    p.add_argument("--dry_run", action="store_true", help="check config, inputs, folder and steps; write nothing")
     for name, helptext in [("train", "step 1: harvest activations and train the SAE"),
                            ("identify", "step 2: score features on the select split"),
                            ("ablate", "step 3: ablation vs matched random sets, and the knockout baseline"),
                            ("knockout", "step 3b: the attention-knockout layer sweep alone"),
                            ("analyze", "step 4: statistics → hypothesis_report.json"),
                            ("visualize", "step 5: feature dashboard")]:
-        _step_args(sub.add_parser(name, help=helptext))
+        _step_args(sub.add_parser(name, help=f"{helptext} (default engine direct)"))
+    for p in sub.choices.values(): show_defaults(p)
     return ap
 
 # %% ../nbs/16_cli.ipynb #8329032a
+def _print_error(e:UserError):
+    from tqdm.auto import tqdm
+    for bar in list(getattr(tqdm, "_instances", [])): bar.close()  # the error starts a line of its own
+    for line in str(e).splitlines(): print(f"binding-sae: error: {line}", file=sys.stderr)
+
 def _check_config(a):
+    from binding_sae.pipeline import check_inputs
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         cfg = load_config(a.config)
-    for x in w: print(f"warning: {x.message}", file=sys.stderr)
-    print(f"{a.config}: ok ({cfg.model.name}, layer {cfg.model.target_layer})")
+    for x in w: print(f"binding-sae: warning: {x.message}", file=sys.stderr)
+    exp = resolve_experiment_dir(cfg, a.experiment_dir, a.experiment_name) if a.experiment_dir or a.experiment_name else None
+    check_inputs(cfg, exp)
+    print(f"{a.config}: ok ({cfg.model.name}, layer {cfg.model.target_layer}); every input it reads exists"
+          + (f"; {exp} accepts it" if exp else ""))
 
 def _make_world(a):
     from binding_sae.world import make_world
     print(make_world(a.out, a.n, a.seed))
+
+def _prepare_gqa(a):
+    from binding_sae.gqa import prepare_gqa
+    print(prepare_gqa(a.questions, a.scene_graphs, a.task, a.out, a.max_questions, a.seed))
+
+def _finish(a, m:dict) -> None:
+    "Print what a step command ends with: the verdict summary, or the manifest with --json."
+    from binding_sae.pipeline import run_summary
+    if a.json: return print(json.dumps(m, indent=2, sort_keys=True))
+    cfg = load_config(a.config, _overrides(a.set))
+    print(run_summary(cfg, resolve_experiment_dir(cfg, a.experiment_dir, a.experiment_name)))
 
 def _run(a):
     from binding_sae.pipeline import run_pipeline
     m = run_pipeline(a.config, a.experiment_name, a.experiment_dir, steps=a.steps, engine=a.engine, force=a.force,
                      skip_train=a.skip_train, sae_checkpoint=a.sae_checkpoint, overrides=_overrides(a.set), dry_run=a.dry_run,
                      command=a.command_line)
-    print(json.dumps(m, indent=2, sort_keys=True))
+    if a.dry_run and not a.json:
+        print(f"Dry run: {a.config} is valid and every input the steps read exists; {m['experiment_dir']} accepts it. "
+              f"A run would do {', '.join(m['steps'])} (engine {m['engine']}). Nothing was written.")
+    elif a.dry_run: print(json.dumps(m, indent=2, sort_keys=True))
+    else: _finish(a, m)
 
 def _one_step(a):
     from binding_sae.pipeline import run_pipeline
-    run_pipeline(a.config, a.experiment_name, a.experiment_dir, steps=a.command, engine=a.engine, force=a.force,
-                 overrides=_overrides(a.set), command=a.command_line)
+    m = run_pipeline(a.config, a.experiment_name, a.experiment_dir, steps=a.command, engine=a.engine, force=a.force,
+                     overrides=_overrides(a.set), command=a.command_line)
+    _finish(a, m)
 
 # %% ../nbs/16_cli.ipynb #686dde70
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `binding-sae` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("toy-train", "toy-eval"):
+    if argv and argv[0] in TOY_COMMANDS:
+        fn, make = TOY_COMMANDS[argv[0]]
+        make().parse_args(argv[1:])  # --help and bad arguments answer before torch is imported
         from binding_sae import toy
-        fn = toy.toy_train_cli if argv[0] == "toy-train" else toy.toy_eval_cli
-        return _guard(lambda: fn(argv[1:]))
+        return _guard(lambda: getattr(toy, fn)(argv[1:]))
     a = build_parser().parse_args(argv)
     a.command_line = " ".join(["binding-sae", *argv])  # named to a second process on the same experiment folder
     warnings.formatwarning = lambda msg, *args, **kw: f"binding-sae: warning: {msg}\n"
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    handler = {"check-config": _check_config, "make-world": _make_world, "run": _run}.get(a.command, _one_step)
+    logging.getLogger("papermill").setLevel(logging.DEBUG if a.verbose else logging.WARNING)
+    handler = {"check-config": _check_config, "make-world": _make_world, "prepare-gqa": _prepare_gqa, "run": _run}.get(a.command, _one_step)
     return _guard(lambda: handler(a))
 
 def _guard(fn) -> int:
@@ -106,9 +191,7 @@ def _guard(fn) -> int:
         rc = fn()
         return rc if isinstance(rc, int) else 0
     except UserError as e:
-        from tqdm.auto import tqdm
-        for bar in list(getattr(tqdm, "_instances", [])): bar.close()  # the error starts a line of its own
-        print(f"binding-sae: error: {e}", file=sys.stderr)
+        _print_error(e)
         return 2
     except StepFailed as e:
         print(f"binding-sae: {e}; the outputs of earlier steps are kept.", file=sys.stderr)

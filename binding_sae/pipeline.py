@@ -4,18 +4,19 @@
 
 # %% ../nbs/15_pipeline.ipynb #608836c0
 from __future__ import annotations
-import importlib, json, logging, time
+import importlib, json, logging, os, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'Step', 'get_step', 'parse_steps', 'notebooks_dir', 'StepFailed', 'ensure_before',
-           'run_pipeline']
+__all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'MODEL_STEPS', 'CSV_KEYS', 'Step', 'get_step', 'parse_steps', 'notebooks_dir',
+           'StepFailed', 'ensure_before', 'InputsMissing', 'model_problem', 'data_problems', 'folder_problem',
+           'check_inputs', 'run_pipeline', 'run_summary']
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
 from .config import (Config, UserError, load_config, config_hash, resolve_experiment_dir, prepare_experiment,
                                 step_done, atomic_write_json, package_versions, project_root, check_experiment_dir,
-                                experiment_lock)
+                                experiment_lock, config_from_dict, read_yaml, read_step_json, MODEL_ALIASES)
 
 # %% ../nbs/15_pipeline.ipynb #72d7f407
 log = logging.getLogger(__name__)
@@ -75,9 +76,10 @@ def _run_papermill(step:Step, cfg:Config, exp:Path, overrides:dict) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     params = dict(config_path=str(Path(cfg.source).resolve()), overrides=json.dumps(overrides),
                   experiment_dir=str(exp.resolve()), step=step.name)
-    try:
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # the kernel's debugger warning about frozen modules
+    try:  # the notebook's own output (its progress bars) streams to stderr, as the direct engine's does
         pm.execute_notebook(str(nbs / step.notebook), str(out), parameters=params, kernel_name="python3", language="python",
-                            cwd=str(nbs), progress_bar=False, log_output=False)
+                            cwd=str(nbs), progress_bar=False, log_output=False, stdout_file=sys.stderr, stderr_file=sys.stderr)
     except pm.PapermillExecutionError as e:
         raise StepFailed(f"step {step.name} failed in cell {e.exec_count} of {out}: {e.ename}: {e.evalue}") from None
     return {}
@@ -93,6 +95,77 @@ def ensure_before(cfg:Config, exp_dir, step:str) -> None:
         for s in STEPS:
             if s.number >= target.number: break
             if not step_done(exp_dir, s.name, cfg): _call(s.function, cfg, Path(exp_dir))
+
+# %% ../nbs/15_pipeline.ipynb #7db35511
+class InputsMissing(UserError):
+    "Inputs a run would read are missing or unusable: one sentence per problem, one per line."
+
+MODEL_STEPS = ("train", "identify", "ablate", "knockout")  # the steps that load the model and read questions and images
+CSV_KEYS = {"binding": "refined_dataset", "control": "control_dataset", "relation": "relation_dataset",
+            "readout": "readout_dataset"}  # the dataset key naming each role's CSV
+
+def model_problem(cfg:Config) -> str | None:
+    "Why the config's model cannot be loaded offline (no local folder, not in the local HF cache), or None."
+    path = cfg.path(cfg.model.name)
+    if path is not None and path.is_dir():
+        if (path / "config.json").is_file(): return None
+        return f"Model folder {path} has no config.json: save the model there with model.save_pretrained(folder), or fix model.name."
+    name = MODEL_ALIASES.get(cfg.model.name, cfg.model.name)
+    from huggingface_hub import try_to_load_from_cache
+    try: cached = try_to_load_from_cache(name, "config.json")
+    except ValueError: cached = None  # not a hub id (a path)
+    if isinstance(cached, str): return None
+    return (f"Model {name!r} is neither a local folder nor in the local HF cache (no folder {path}): download it first "
+            f"(huggingface-cli download {name}) or set model.name to the folder that holds it.")
+
+def data_problems(cfg:Config) -> list[str]:
+    "Why the questions and images the steps read are not usable, one sentence each; [] when they are."
+    from binding_sae.experiment import ROLES, role_source, role_questions
+    d = cfg.dataset
+    if d.refined_dataset is None: return [f"dataset.refined_dataset is not set in {cfg.source}: name the question CSV."]
+    if d.world is not None and not cfg.path(d.refined_dataset).exists(): return []  # generated on first use
+    out, seen = [], set()
+    for role in ROLES:
+        csv, _ = role_source(cfg, role)
+        key = CSV_KEYS[role] if getattr(d, CSV_KEYS[role]) else "refined_dataset"
+        if csv in seen or csv.is_file(): continue
+        seen.add(csv)
+        out.append(f"Question CSV {csv} does not exist: set dataset.{key} to a GQA-format CSV "
+                   "(binding-sae prepare-gqa builds one from GQA's question and scene-graph files).")
+    folder = cfg.path(d.image_folder)
+    if folder is None: out.append("dataset.image_folder is not set: set it to the folder holding the <img_id>.jpg images.")
+    elif not folder.is_dir():
+        out.append(f"Image folder {folder} does not exist: set dataset.image_folder to the folder holding the <img_id>.jpg images.")
+    if out: return out
+    quiet = logging.getLogger("binding_sae.data")  # step 1 reports what it loads; the check only what is wrong
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try: role_questions(cfg, "binding")  # what step 1 loads: columns, options, every image present and readable
+    except UserError as e: out.append(str(e))
+    finally: quiet.setLevel(level)
+    return out
+
+def folder_problem(cfg:Config, exp, force:bool=False) -> str | None:
+    "Why the experiment folder would refuse `cfg` (a folder of another config, without `force`), or None."
+    saved = Path(exp) / "config.yaml"
+    if force or not saved.is_file(): return None
+    old = config_from_dict(read_yaml(saved), str(saved))
+    if config_hash(old) == config_hash(cfg): return None
+    return (f"{exp} was written by a different config (hash {config_hash(old)}, now {config_hash(cfg)}): "
+            "use another --experiment_name, or pass --force to overwrite its results.")
+
+def check_inputs(cfg:Config, # the run's config
+                 exp=None, # the experiment folder (None: not checked)
+                 steps:list|None=None, # the steps that will run (None = all five)
+                 force:bool=False, # --force: a folder of another config is overwritten
+                ) -> None:
+    "Raise `InputsMissing` naming every input the steps would read that is missing, and a folder that refuses `cfg`."
+    names = {s.name for s in (STEPS if steps is None else steps)}
+    problems = []
+    if names & set(MODEL_STEPS):
+        problems += [p for p in [model_problem(cfg)] if p] + data_problems(cfg)
+    if exp is not None and (p := folder_problem(cfg, exp, force)): problems.append(p)
+    if problems: raise InputsMissing("\n".join(problems))
 
 # %% ../nbs/15_pipeline.ipynb #7dd99679
 def run_pipeline(config_path, # YAML config
@@ -118,9 +191,11 @@ def run_pipeline(config_path, # YAML config
             raise UserError("--skip_train needs --sae_checkpoint PATH (or an experiment folder whose step 1 already ran).")
     if sae_checkpoint is not None and not Path(sae_checkpoint).exists():
         raise UserError(f"--sae_checkpoint {sae_checkpoint} does not exist: give the path of sae_checkpoint.pt or an sae/ folder.")
+    pending = todo if force or sae_checkpoint is not None else [s for s in todo if not step_done(exp, s.name, cfg)]
+    check_inputs(cfg, exp, pending, force)
     if dry_run:
         return dict(config=str(config_path), experiment_dir=str(exp), config_hash=config_hash(cfg),
-                    steps=[s.name for s in todo], dry_run=True)
+                    steps=[s.name for s in todo], engine=engine, dry_run=True)
     with experiment_lock(exp, command):
         return _run_locked(cfg, exp, todo, engine, force, sae_checkpoint, overrides)
 
@@ -166,3 +241,35 @@ def _read_manifest(exp:Path, cfg:Config) -> dict:
         steps[name] = {**entry, "config_hash": ran_with}
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return dict(config_hash=config_hash(cfg), config=str(cfg.source), versions=package_versions(), device=device, steps=steps)
+
+# %% ../nbs/15_pipeline.ipynb #2a5d9a5f
+def run_summary(cfg:Config, exp_dir) -> str:
+    "The closing lines of a command: the verdict with its primary numbers and where to look, or the finished steps."
+    from binding_sae.analyze import _pc
+    exp = Path(exp_dir)
+    rep, dash = exp / "analysis" / "hypothesis_report.json", exp / "feature_dashboard" / "index.html"
+    if not (step_done(exp, "analyze", cfg) and rep.is_file()):
+        done = [s.name for s in STEPS if step_done(exp, s.name, cfg)]
+        return (f"Finished steps in {exp}: {', '.join(done) or 'none'}. No verdict yet: it comes with step 4 "
+                f"(binding-sae analyze --config {cfg.source} --experiment_dir {exp}).")
+    report = read_step_json(rep, "analyze")
+    row = next((c for c in report["conditions"] if c["condition"] == report.get("primary_condition")), None)
+    bar = cfg.evaluation.min_relative_drop
+    word = "SUPPORTED" if report["hypothesis_supported"] else "NOT SUPPORTED"
+    if row is None: lines = [f"Verdict: {word} (no binding condition to judge)."]
+    else:
+        b = row["mean_baseline"]
+        ci = (f" (95 % CI {_pc(-row['ci_high'] / b)} to {_pc(-row['ci_low'] / b)})"
+              if row["ci_low"] is not None and b else "")
+        g = lambda x: "—" if x is None else f"{x:.3g}"
+        lines = [f"Verdict: {word} in {row['condition']}, judged against the pre-registered bar of a {_pc(bar)} drop.",
+                 *([] if row["hypothesis_supported"] else [f"  why: {row['verdict_reason']}"]),
+                 f"  relative drop of {report['primary_metric']}: {_pc(row['relative_drop'])}{ci}",
+                 f"  permutation p: {g(row['permutation_p'])} against {row['n_random_sets']} matched random sets "
+                 f"(Holm p {g(row['holm_p'])}; smallest attainable {g(report['summary'].get('min_attainable_p'))})",
+                 f"  random sets that drop less than 10 %: {_pc(row['random_drop_fraction_below_10pct'])}"]
+    figures = [str(exp / "analysis" / f) for f in report.get("figures", []) if f == "forest.png"]
+    lines.append(f"Report:    {rep}" + (f" (figures: {figures[0]} and the rest of {exp / 'analysis'})" if figures else ""))
+    lines.append(f"Dashboard: {dash}" if step_done(exp, "visualize", cfg) and dash.is_file()
+                 else "Dashboard: not built yet (step 5, visualize).")
+    return "\n".join(lines)
