@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_config.ipynb #b7ae7a9e
 from __future__ import annotations
-import dataclasses, difflib, errno, hashlib, json, os, re, secrets, socket, sys, tempfile, time, warnings
+import dataclasses, difflib, errno, hashlib, json, os, re, tempfile, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
@@ -12,17 +12,15 @@ from typing import Any, Literal, get_type_hints, get_origin, get_args, Union
 import types
 
 # %% auto #0
-__all__ = ['Architecture', 'PositionKind', 'EditPosition', 'AblationMode', 'Baseline', 'ControlTask', 'Flow', 'PrimaryMetric',
-           'CorrectnessMetric', 'FeatureScore', 'Selection', 'AttnImplementation', 'ModelDtype', 'ShardDtype',
-           'TrainDtype', 'IGNORED_KEYS', 'MODEL_ALIASES', 'METRIC_ALIASES', 'CHOICES', 'RANGES', 'LOCK_NAME',
+__all__ = ['UNWRITABLE_ERRNOS', 'Architecture', 'PositionKind', 'EditPosition', 'AblationMode', 'Baseline', 'ControlTask', 'Flow',
+           'PrimaryMetric', 'CorrectnessMetric', 'FeatureScore', 'Selection', 'AttnImplementation', 'ModelDtype',
+           'ShardDtype', 'TrainDtype', 'IGNORED_KEYS', 'MODEL_ALIASES', 'METRIC_ALIASES', 'CHOICES', 'RANGES',
            'UserError', 'ConfigError', 'DiskFullError', 'IgnoredKeyWarning', 'not_writable', 'atomic_path',
            'atomic_write_bytes', 'atomic_write_text', 'to_json', 'atomic_write_json', 'choices', 'ModelConfig',
            'SAEConfig', 'TrainingConfig', 'HarvestConfig', 'ExperimentConfig', 'WorldConfig', 'DatasetConfig',
            'FeatureIdentificationConfig', 'AblationConfig', 'KnockoutConfig', 'EvaluationConfig', 'Config',
            'schema_fields', 'out_of_range', 'project_root', 'read_yaml', 'config_from_dict', 'load_config',
-           'config_reference', 'config_hash', 'resolve_experiment_dir', 'resolve_device', 'resolve_dtype',
-           'package_versions', 'save_config', 'check_experiment_dir', 'prepare_experiment', 'read_step_json',
-           'step_done', 'mark_done', 'FolderLockedError', 'lock_holder', 'experiment_lock']
+           'config_reference', 'config_hash', 'resolve_experiment_dir', 'resolve_device', 'resolve_dtype']
 
 # %% ../nbs/10_config.ipynb #c1dc8e04
 import yaml
@@ -41,7 +39,7 @@ class IgnoredKeyWarning(UserWarning):
     "A key of the old pipeline's configs that binding_sae reads but does not use."
 
 # %% ../nbs/10_config.ipynb #db73b4b1
-_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+UNWRITABLE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)  # an OSError with one of these: the folder cannot be written
 
 def not_writable(folder, reason=None) -> UserError:
     "The error for an output folder this process cannot write."
@@ -62,7 +60,7 @@ def atomic_path(path, # the final file name
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp, path)
     except OSError as e:
-        if e.errno in _NOT_WRITABLE: raise not_writable(path.parent, e.strerror) from None
+        if e.errno in UNWRITABLE_ERRNOS: raise not_writable(path.parent, e.strerror) from None
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(f"No space left on the disk of {path.parent} while writing {path.name}: free disk space "
                                 "(or move the experiment with --experiment_dir) and rerun; finished files are kept.") from None
@@ -568,174 +566,13 @@ def resolve_dtype(dtype="auto", # 'auto', 'bf16'/'bfloat16', 'fp16'/'float16', '
     if name is None: raise UserError(f"Unknown dtype {dtype!r}; use 'auto', 'bfloat16', 'float16' or 'float32'.")
     return getattr(torch, name)
 
-# %% ../nbs/10_config.ipynb #54519ea4
-def _git_commit(folder) -> str | None:
-    "`git describe` of the checkout holding `folder` (commit, `-dirty` with uncommitted changes), or None."
-    import subprocess
-    root = project_root(folder)
-    if root is None or not (root / ".git").exists(): return None
-    try:
-        r = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-                           capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError): return None
-    return r.stdout.strip() or None if r.returncode == 0 else None
+# %% ../nbs/10_config.ipynb #45024f1d
+_MOVED = ("package_versions", "save_config", "check_experiment_dir", "prepare_experiment", "read_step_json", "step_done",
+          "mark_done", "FolderLockedError", "LOCK_NAME", "lock_holder", "experiment_lock")
 
-def package_versions() -> dict:
-    "Versions of the packages that shape the numbers; binding_sae's is that of the code imported (plus its git commit in a source checkout)."
-    import importlib.metadata as md, platform, binding_sae
-    out = {"python": platform.python_version(), "binding_sae": binding_sae.__version__}
-    for p in ("torch", "transformers", "numpy", "scipy", "pandas"):
-        try: out[p] = md.version(p)
-        except md.PackageNotFoundError: out[p] = None
-    if (commit := _git_commit(Path(binding_sae.__file__).parent)): out["binding_sae_commit"] = commit
-    return out
-
-def save_config(cfg:Config, path):
-    "Write `cfg` as YAML (atomically)."
-    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=True))
-
-def check_experiment_dir(exp_dir) -> Path:
-    "`exp_dir`, or a `UserError` when it (or a folder above it) is a file, or its nearest existing folder is read-only."
-    exp = Path(exp_dir)
-    for p in [exp, *exp.parents]:
-        if not p.exists(): continue
-        if not p.is_dir():
-            where = "" if p == exp else f" ({p} is a file)"
-            raise UserError(f"The experiment folder {exp} is a file, not a folder{where}: choose another --experiment_dir.")
-        if not os.access(p, os.W_OK | os.X_OK): raise not_writable(p)
-        return exp
-    return exp
-
-def prepare_experiment(cfg:Config, exp_dir, force:bool=False) -> Path:
-    "Create `exp_dir` for `cfg`; refuse a folder written by another config unless `force`."
-    exp = Path(exp_dir)
-    saved = exp / "config.yaml"
-    check_experiment_dir(exp)
-    if saved.exists():
-        old = config_from_dict(read_yaml(saved), str(saved))
-        if config_hash(old) != config_hash(cfg) and force:
-            (exp / "splits.csv").unlink(missing_ok=True)  # the new config may select or split questions differently
-        elif config_hash(old) != config_hash(cfg):
-            raise UserError(f"{exp} was written by a different config (hash {config_hash(old)}, now {config_hash(cfg)}): "
-                            "use another --experiment_name, or pass --force to overwrite its results.")
-    try: exp.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        if e.errno in _NOT_WRITABLE: raise not_writable(exp, e.strerror) from None
-        raise
-    for tmp in exp.rglob(".*.tmp"): tmp.unlink(missing_ok=True)  # temp files of a run killed mid-write
-    if force or not saved.exists(): save_config(cfg, saved)
-    return exp
-
-def read_step_json(path, # a JSON output of an experiment folder
-                   step:str, # the step that writes it (named in the message)
-                   error=UserError, # the error class to raise (a UserError subclass)
-                  ) -> dict:
-    "Read a step's JSON output; one clear error when it is missing or not valid JSON."
-    p = Path(path)
-    if not p.is_file(): raise error(f"{p} is missing: run step {step} first (binding-sae {step}).")
-    try: return json.loads(p.read_text())
-    except json.JSONDecodeError as e: raise error(f"{p} is not valid JSON ({e.msg}, line {e.lineno}): rerun step {step}.") from None
-
-def step_done(exp_dir, step:str, cfg:Config) -> bool:
-    "Whether `step` already finished in `exp_dir` with the same config."
-    p = Path(exp_dir) / f"{step}.done.json"
-    return p.exists() and json.loads(p.read_text()).get("config_hash") == config_hash(cfg)
-
-def mark_done(exp_dir, step:str, cfg:Config, counts:dict|None=None, wall_s:float|None=None):
-    "Record that `step` finished (config hash, versions, counts, wall time)."
-    return atomic_write_json(Path(exp_dir) / f"{step}.done.json", dict(
-        step=step, config_hash=config_hash(cfg), versions=package_versions(), counts=counts or {}, wall_s=wall_s))
-
-# %% ../nbs/10_config.ipynb #1ff52f24
-class FolderLockedError(UserError):
-    "Another process is writing the experiment folder."
-
-LOCK_NAME = ".binding_sae.lock"  # in the experiment folder while a process writes it
-_LOCK_ENV = "BINDING_SAE_LOCKS"  # JSON {lock path: token} of the locks held by this process or a parent
-_held = {}  # lock path -> depth (this process)
-
-def lock_holder(path) -> dict:
-    "What a lock file says about its holder: pid, host, command, started, token ({} when empty or unreadable)."
-    for _ in range(20):  # a holder writes its details right after taking the lock
-        try: text = Path(path).read_text()
-        except OSError: return {}
-        if text.strip():
-            try: return json.loads(text)
-            except json.JSONDecodeError: return {}
-        time.sleep(0.01)
-    return {}
-
-def _pid_alive(pid:int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except (PermissionError, OverflowError): return True
-    return True
-
-def _command_line() -> str:
-    argv = list(sys.argv)
-    if argv and Path(argv[0]).name in ("cli.py", "binding-sae", "__main__.py"): argv[0] = "binding-sae"
-    return " ".join(argv)
-
-def _locked(path, exp) -> FolderLockedError:
-    h = lock_holder(path)
-    pid, host = h.get("pid", "?"), h.get("host")
-    who = f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
-    gone = (" (it has exited; a process it started still holds the lock)"
-            if isinstance(pid, int) and host == socket.gethostname() and not _pid_alive(pid) else "")
-    return FolderLockedError(f"{exp} is in use by another process ({who}: {h.get('command', '?')}, started "
-                             f"{h.get('started', '?')}){gone}: wait for it to finish or stop it; one process writes "
-                             "an experiment folder at a time.")
-
-def _set_env(path, token):
-    locks = json.loads(os.environ.get(_LOCK_ENV) or "{}")
-    if token is None: locks.pop(path, None)
-    else: locks[path] = token
-    if locks: os.environ[_LOCK_ENV] = json.dumps(locks)
-    else: os.environ.pop(_LOCK_ENV, None)
-
-def _take(path:str, exp:Path, command) -> tuple[int, str]:
-    import fcntl
-    while True:
-        try: fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            if e.errno in _NOT_WRITABLE: raise not_writable(exp, e.strerror) from None
-            raise
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd); raise _locked(path, exp) from None
-        except OSError as e:  # a filesystem without file locks (some network mounts): warn, do not stop the run
-            warnings.warn(f"{exp} is on a filesystem without file locks ({e.strerror}): make sure no other process writes it.")
-            break
-        try: same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError: same = False
-        if same: break
-        os.close(fd)  # the holder removed the file between our open and flock: lock the new one
-    info = dict(pid=os.getpid(), host=socket.gethostname(), command=command or _command_line(),
-                started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), token=secrets.token_hex(8))
-    os.ftruncate(fd, 0); os.pwrite(fd, json.dumps(info).encode(), 0)
-    return fd, info["token"]
-
-@contextmanager
-def experiment_lock(exp_dir, # the experiment folder (created when missing)
-                    command:str|None=None, # what this process runs, shown to a second one (default: its command line)
-                   ):
-    "Hold `exp_dir`'s writer lock for the `with` block; `FolderLockedError` when another process holds it."
-    exp = check_experiment_dir(exp_dir)
-    try: exp.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        if e.errno in _NOT_WRITABLE: raise not_writable(exp, e.strerror) from None
-        raise
-    path = str((exp / LOCK_NAME).resolve())
-    inherited = json.loads(os.environ.get(_LOCK_ENV) or "{}").get(path)
-    if path in _held or (inherited is not None and lock_holder(path).get("token") == inherited):
-        _held[path] = _held.get(path, 0) + 1
-        try: yield exp
-        finally: _held[path] -= 1
-        return
-    fd, token = _take(path, exp, command)
-    _held[path] = 1; _set_env(path, token)
-    try: yield exp
-    finally:
-        del _held[path]; _set_env(path, None)
-        try: os.unlink(path)  # unlink while still holding the flock, then release it
-        finally: os.close(fd)
+def __getattr__(name):
+    "The names of `_MOVED`, looked up in `binding_sae.experiment` (where they live now)."
+    if name in _MOVED:
+        from binding_sae import experiment
+        return getattr(experiment, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_train.ipynb #d156f2df
 from __future__ import annotations
-import json, logging, math, time
+import json, logging
 from pathlib import Path
 
 # %% auto #0
@@ -14,17 +14,15 @@ __all__ = ['log', 'token_index', 'prefetched', 'harvest', 'shard_paths', 'splice
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 # %% ../nbs/01_train.ipynb #7c6acce6
-from .config import (Config, UserError, atomic_path, atomic_write_json, atomic_write_text, mark_done,
-                                resolve_device, config_hash, step_done)
+from .config import Config, UserError, atomic_path, atomic_write_json, atomic_write_text, resolve_device, config_hash
 from .data import image_unit
-from .experiment import experiment_questions, questions_for, open_model, encode_questions
+from .experiment import experiment_questions, questions_for, open_model, encode_questions, step_run, step_done
 from .sae import (make_sae, train_sae, ActivationBatches, sae_metrics, save_sae, load_sae,
-                             load_sae_checkpoint, load_shard, SAEError)
+                             load_sae_checkpoint, load_shard)
 from .vlm import capture, edit_residual, forward_last, score_logits, choose_option_variant
 
 # %% ../nbs/01_train.ipynb #d86065d7
@@ -164,7 +162,11 @@ def _holdout(df:pd.DataFrame, seed:int, fraction:float=0.1) -> pd.Series:
 
 def train_step(cfg:Config, exp_dir) -> dict:
     "Step 1: harvest `sae_train` activations, train the SAE, write it and its quality metrics."
-    t0, exp = time.time(), Path(exp_dir)
+    with step_run(cfg, exp_dir, "train") as run: return _train(cfg, run)
+
+def _train(cfg:Config, run) -> dict:
+    "The body of `train_step`, inside its `step_run`: split, harvest, train, measure."
+    exp = run.exp
     torch.manual_seed(cfg.training.seed)
     qs = questions_for(experiment_questions(cfg, exp), "sae_train", "binding")
     held = _holdout(qs, cfg.dataset.split_seed + 1)
@@ -197,10 +199,9 @@ def train_step(cfg:Config, exp_dir) -> dict:
     metrics = {**sae_metrics(sae, x_eval), **spliced_quality(vlm, sae, eval_q, layer, kind, h.batch_size),
                "n_train_vectors": tr["vectors"], "n_eval_vectors": int(len(x_eval)), "n_train_questions": len(train_q),
                "n_eval_questions": len(eval_q), "n_skipped_positions": tr["skipped"], "layer": layer, "positions": kind}
-    atomic_write_json(exp / "sae/metrics.json", metrics)
-    atomic_write_json(exp / "sae/history.json", history)
-    counts = dict(n_train_vectors=tr["vectors"], n_train_questions=len(train_q), n_eval_questions=len(eval_q))
-    mark_done(exp, "train", cfg, counts, time.time() - t0)
+    run.write_json("sae/metrics.json", metrics)
+    run.write_json("sae/history.json", history)
+    run.counts = dict(n_train_vectors=tr["vectors"], n_train_questions=len(train_q), n_eval_questions=len(eval_q))
     return metrics
 
 # %% ../nbs/01_train.ipynb #79452d8b
@@ -213,13 +214,13 @@ def _drop_stale_checkpoint(path:Path, cfg:Config):
 def import_sae(cfg:Config, exp_dir, path) -> Path:
     "Use the SAE at `path` as this experiment's step-1 output (checked against layer and width)."
     from transformers import AutoConfig
-    exp = Path(exp_dir)
     d_model = cfg.model.d_model
     if d_model is None:
         mc = AutoConfig.from_pretrained(str(cfg.path(cfg.model.name)) if cfg.path(cfg.model.name).exists() else cfg.model.name, local_files_only=True)
         d_model = mc.text_config.hidden_size
     sae = load_sae_checkpoint(path, expected_d_in=d_model, expected_layer=cfg.model.target_layer)
     meta = dict(model_name=cfg.model.name, layer=cfg.model.target_layer, positions=cfg.harvest.positions, imported_from=str(path))
-    save_sae(sae, exp / "sae", meta)
-    mark_done(exp, "train", cfg, dict(imported_from=str(path)))
-    return exp / "sae"
+    with step_run(cfg, exp_dir, "train") as run:
+        save_sae(sae, run.exp / "sae", meta)
+        run.counts = dict(imported_from=str(path))
+    return run.exp / "sae"
