@@ -15,11 +15,11 @@ from tqdm.auto import tqdm
 __all__ = ['REQUIRED_COLUMNS', 'TASK_COLUMNS', 'TEXT_COLUMNS', 'IMAGE_EXTENSIONS', 'GQA_STRUCTURAL', 'GQA_SEMANTIC',
            'MIN_IMAGE_SIDE', 'MAX_IMAGE_ASPECT', 'DataError', 'read_questions_csv', 'old_task_name', 'task_mask',
            'select_tasks', 'options_in_question', 'is_choose_row', 'check_option_pairs', 'check_options_in_question',
-           'find_image', 'image_problem', 'make_standin_images', 'image_paths', 'check_images_readable',
-           'load_questions', 'image_unit', 'split_by_image']
+           'find_image', 'image_problem', 'image_paths', 'check_images_readable', 'load_questions', 'image_unit',
+           'split_by_image']
 
 # %% ../nbs/11_data.ipynb #1b9c97aa
-from .config import UserError, atomic_path
+from .config import UserError
 
 # %% ../nbs/11_data.ipynb #9eb08d57
 _logger = logging.getLogger(__name__)
@@ -243,22 +243,6 @@ def image_problem(path) -> str | None:
             im.load()
     except Exception as e: return f"{type(e).__name__}: {e}"
     return None
-
-# %% ../nbs/11_data.ipynb #a1208171
-def make_standin_images(img_ids, # image ids (file stems)
-                        folder, # folder to write them to (created)
-                        size=(48, 32), # (width, height) in pixels
-                        ext:str='.jpg', # '.jpg' or '.png'
-                       ) -> list[Path]:
-    "Write a small placeholder image per unique id to `folder/<img_id><ext>`; return their paths."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in dict.fromkeys(str(o) for o in img_ids):
-        rgb = tuple(hashlib.sha256(i.encode()).digest()[:3])
-        p = folder/f"{i}{ext}"
-        with atomic_path(p) as tmp: Image.new('RGB', tuple(size), rgb).save(tmp, format='PNG' if ext == '.png' else 'JPEG', quality=90)
-        paths.append(p)
-    return paths
 
 # %% ../nbs/11_data.ipynb #90333214
 def image_paths(img_ids, # image ids of the questions

@@ -12,8 +12,7 @@ from pathlib import Path
 __all__ = ['log', 'ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAELENS_FORMAT_VERSION', 'SAEError', 'NonFiniteError', 'SAE',
            'auxk_loss', 'TopKSAE', 'BatchTopKSAE', 'ReLUSAE', 'JumpReLUSAE', 'make_sae', 'load_shard',
            'ActivationBatches', 'geometric_median', 'init_from_data', 'lr_factor', 'SAETrainer', 'read_checkpoint',
-           'training_steps', 'train_sae', 'sae_metrics', 'planted_dictionary', 'dictionary_recovery', 'save_sae',
-           'load_sae', 'load_sae_checkpoint']
+           'training_steps', 'train_sae', 'sae_metrics', 'save_sae', 'load_sae', 'load_sae_checkpoint']
 
 # %% ../nbs/00_sae.ipynb #d03095b1
 import numpy as np
@@ -660,20 +659,6 @@ def sae_metrics(sae:SAE,
     fvu = sse / tot if tot > 0 else float("nan")
     return {"fvu": fvu, "explained_variance": 1 - fvu, "mse": sse / (n * sae.d_in), "l0": l0 / n,
             "dead_fraction": dead, "dense_fraction": float((counts / n > dense_threshold).float().mean()), "n_tokens": n}
-
-# %% ../nbs/00_sae.ipynb #a6d30837
-def planted_dictionary(n:int, d:int=32, n_features:int=64, k:int=3, seed:int=0):
-    "Rows `x = Σ c_i d_i` over `k` random of `n_features` unit directions `d_i` with c_i ~ U(0.5, 1.5): `(x, directions)`."
-    g = torch.Generator().manual_seed(seed)
-    D = torch.randn(n_features, d, generator=g); D /= D.norm(dim=1, keepdim=True)
-    idx = torch.rand(n, n_features, generator=g).topk(k, dim=1).indices
-    coef = torch.zeros(n, n_features).scatter_(1, idx, 0.5 + torch.rand(n, k, generator=g))
-    return coef @ D, D
-
-def dictionary_recovery(sae:SAE, directions) -> float:
-    "Mean over true `directions` of the best cosine similarity with a decoder row."
-    W = F.normalize(sae.W_dec.detach().float().cpu(), dim=1)
-    return float((F.normalize(directions.float(), dim=1) @ W.T).max(1).values.mean())
 
 # %% ../nbs/00_sae.ipynb #9f5bb66d
 _SAELENS_ARCH = {"topk": "topk", "batchtopk": "jumprelu", "relu": "standard", "jumprelu": "jumprelu"}
