@@ -12,10 +12,10 @@ from typing import Any, Literal, get_type_hints, get_origin, get_args, Union
 import types
 
 # %% auto #0
-__all__ = ['UNWRITABLE_ERRNOS', 'Architecture', 'PositionKind', 'EditPosition', 'AblationMode', 'Baseline', 'ControlTask', 'Flow',
-           'PrimaryMetric', 'CorrectnessMetric', 'FeatureScore', 'Selection', 'AttnImplementation', 'ModelDtype',
-           'ShardDtype', 'TrainDtype', 'IGNORED_KEYS', 'MODEL_ALIASES', 'METRIC_ALIASES', 'CHOICES', 'RANGES',
-           'UserError', 'ConfigError', 'DiskFullError', 'IgnoredKeyWarning', 'not_writable', 'atomic_path',
+__all__ = ['UNWRITABLE_ERRNOS', 'Architecture', 'PositionKind', 'EditPosition', 'AblationMode', 'Baseline', 'ControlTask',
+           'Split', 'Flow', 'PrimaryMetric', 'CorrectnessMetric', 'FeatureScore', 'Selection', 'AttnImplementation',
+           'ModelDtype', 'ShardDtype', 'TrainDtype', 'IGNORED_KEYS', 'MODEL_ALIASES', 'METRIC_ALIASES', 'CHOICES',
+           'RANGES', 'UserError', 'ConfigError', 'DiskFullError', 'IgnoredKeyWarning', 'not_writable', 'atomic_path',
            'atomic_write_bytes', 'atomic_write_text', 'to_json', 'atomic_write_json', 'choices', 'ModelConfig',
            'SAEConfig', 'TrainingConfig', 'HarvestConfig', 'ExperimentConfig', 'WorldConfig', 'DatasetConfig',
            'FeatureIdentificationConfig', 'AblationConfig', 'KnockoutConfig', 'EvaluationConfig', 'Config',
@@ -99,6 +99,7 @@ EditPosition = Literal["attribute", "question", "all", "last"]                # 
 AblationMode = Literal["residual", "replace"]
 Baseline = Literal["top_mean_activation", "top_firing_rate", "top_decoded_norm", "best_random_on_select"]
 ControlTask = Literal["control", "relation", "readout"]                       # question roles that serve as controls
+Split = Literal["sae_train", "select", "test"]                                # SAE training, feature selection, the test
 Flow = Literal["Image->Question", "Image->Last", "Question->Last", "Last->Last",
                "Image Central Object->Question", "Image Without Central Object->Question"]  # attention flows a knockout blocks
 PrimaryMetric = Literal["logit_diff", "pred_token_prob", "gt_token_prob"]
@@ -113,6 +114,7 @@ TrainDtype = Literal["float32", "bfloat16"]
 def choices(t) -> tuple:
     "The allowed values of a choice type (a `Literal`, or a list or optional of one); `()` for any other type."
     if get_origin(t) is Literal: return get_args(t)
+    if get_origin(t) not in (list, Union, types.UnionType): return ()
     return next((c for a in get_args(t) if (c := choices(a))), ())
 
 # %% ../nbs/10_config.ipynb #75e49d11
@@ -185,7 +187,7 @@ class DatasetConfig:
     relation_task_types: list[str] = field(default_factory=lambda: ["relation"])  # relation task labels
     readout_dataset: str | None = None      # CSV of answer-readout controls: questions with the binding task's answers that need no binding (None = refined_dataset)
     readout_task_types: list[str] = field(default_factory=lambda: ["color_single"])  # answer-readout control task labels
-    split_fractions: dict[str, float] = field(default_factory=lambda: {"sae_train": 0.6, "select": 0.2, "test": 0.2})  # fraction of the images in each split (they add up to 1)
+    split_fractions: dict[Split, float] = field(default_factory=lambda: {"sae_train": 0.6, "select": 0.2, "test": 0.2})  # fraction of the images in each split (they add up to 1)
     split_seed: int = 0                     # seed of the image-id split
     max_questions: int | None = None        # cap per task (None = all)
     world: WorldConfig | None = None        # generate the synthetic world into image_folder's parent when absent
@@ -429,7 +431,7 @@ def _finish(cfg:Config, src) -> Config:
         cfg.model.name = MODEL_ALIASES[cfg.model.name]
     _check_ranges(cfg, src)
     fr = cfg.dataset.split_fractions
-    if set(fr) != {"sae_train", "select", "test"} or abs(sum(fr.values()) - 1) > 1e-6:
+    if set(fr) != set(choices(Split)) or abs(sum(fr.values()) - 1) > 1e-6:
         raise ConfigError(f"dataset.split_fractions in {src} must give positive sae_train, select and test fractions that add up to 1, not {fr}.")
     if cfg.model.prompt_template is not None and "{question}" not in cfg.model.prompt_template:
         raise ConfigError(f"model.prompt_template in {src} must contain {{question}}.")

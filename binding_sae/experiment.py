@@ -18,14 +18,14 @@ __all__ = ['log', 'ROLES', 'SPLITS', 'LOCK_NAME', 'TASK_KEYS', 'package_versions
 
 # %% ../nbs/17_experiment.ipynb #e72e51ef
 import yaml
-from .config import (Config, ControlTask, UserError, choices, UNWRITABLE_ERRNOS, not_writable, config_from_dict, config_hash, read_yaml,
+from .config import (Config, ControlTask, Split, UserError, choices, UNWRITABLE_ERRNOS, not_writable, config_from_dict, config_hash, read_yaml,
                                 project_root, atomic_write_json, atomic_write_text, resolve_device)
 from .data import load_questions, split_by_image, DataError
 
 # %% ../nbs/17_experiment.ipynb #19c379bd
 log = logging.getLogger(__name__)
 ROLES = ("binding", *choices(ControlTask))  # question roles: the binding task and its controls
-SPLITS = ("sae_train", "select", "test")
+SPLITS = choices(Split)
 
 # %% ../nbs/17_experiment.ipynb #54519ea4
 def _git_commit(folder) -> str | None:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 # %% ../nbs/00_sae.ipynb #a05683a0
-from .config import UserError, SAEConfig, TrainingConfig, atomic_path, atomic_write_json, resolve_device
+from .config import UserError, Architecture, SAEConfig, TrainingConfig, atomic_path, atomic_write_json, resolve_device
 
 # %% ../nbs/00_sae.ipynb #0277d9f3
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ class JumpReLUSAE(SAE):
 ARCHITECTURES = {c.architecture: c for c in (TopKSAE, BatchTopKSAE, ReLUSAE, JumpReLUSAE)}
 _ALL_HYPERPARAMETERS = {h for c in ARCHITECTURES.values() for h in c.hyperparameters}
 
-def make_sae(architecture:str="topk", # topk | batchtopk | relu | jumprelu
+def make_sae(architecture:Architecture="topk", # one of `ARCHITECTURES`
              d_in:int=None,            # width of the activations
              d_sae:int=None,           # number of latents
              seed:int=0,               # seed of the initial decoder directions

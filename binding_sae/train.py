@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 # %% ../nbs/01_train.ipynb #7c6acce6
-from .config import Config, UserError, atomic_path, atomic_write_json, atomic_write_text, resolve_device, config_hash
+from .config import Config, PositionKind, UserError, atomic_path, atomic_write_json, atomic_write_text, resolve_device, config_hash
 from .data import image_unit
 from .experiment import experiment_questions, questions_for, open_model, encode_questions, step_run, step_done
 from .sae import (make_sae, train_sae, ActivationBatches, sae_metrics, save_sae, load_sae,
@@ -53,7 +53,7 @@ def prefetched(fn, # item → prepared batch
 def harvest(vlm, # a loaded `binding_sae.vlm.VLM`
             questions:pd.DataFrame, # rows with question, image_path, question_id (and options)
             layers:list[int], # decoder layers whose output is kept
-            positions:str, # position kind: question | attribute | all | last | image
+            positions:PositionKind, # the token positions whose vectors are kept
             out_dir, # folder of shards: layer<L>/shard_<k>.safetensors + index_<k>.csv
             batch_size:int=32, # questions per forward
             shard_size:int=65536, # vectors per shard (at least)
@@ -126,7 +126,7 @@ def shard_paths(out_dir, layer:int) -> list[Path]:
 
 # %% ../nbs/01_train.ipynb #6a1c114b
 @torch.no_grad()
-def spliced_quality(vlm, sae, questions:pd.DataFrame, layer:int, positions:str, batch_size:int=32) -> dict:
+def spliced_quality(vlm, sae, questions:pd.DataFrame, layer:int, positions:PositionKind, batch_size:int=32) -> dict:
     "Answer logit difference and KL at the last position with the SAE's reconstruction spliced in, vs zero-ablation."
     ld = {k: [] for k in ("clean", "sae", "zero")}; kl = {k: [] for k in ("sae", "zero")}; skipped = 0
     sae = sae.to(vlm.device)
