@@ -117,7 +117,7 @@ def choices(t) -> tuple:
     if get_origin(t) not in (list, Union, types.UnionType): return ()
     return next((c for a in get_args(t) if (c := choices(a))), ())
 
-# %% ../nbs/10_config.ipynb #75e49d11
+# %% ../nbs/10_config.ipynb #6ce6ec71
 @dataclass
 class ModelConfig:
     name: str = "models/toy_llava"          # HF hub id or local folder; liuhaotian/llava-v1.5-7b maps to llava-hf/llava-1.5-7b-hf
@@ -164,6 +164,8 @@ class HarvestConfig:
     shard_size: int = 65_536                # vectors per shard file
     max_questions: int | None = None        # cap on sae_train questions (None = all)
 
+
+# %% ../nbs/10_config.ipynb #b611b7a3
 @dataclass
 class ExperimentConfig:
     output_dir: str | None = None           # experiment folder (lowest precedence; see resolve_experiment_dir)
@@ -193,6 +195,8 @@ class DatasetConfig:
     world: WorldConfig | None = None        # generate the synthetic world into image_folder's parent when absent
     split: str | None = None                # old pipeline's key (ignored: splits are split_fractions)
 
+
+# %% ../nbs/10_config.ipynb #8855cef3
 @dataclass
 class FeatureIdentificationConfig:
     correctness_metric: CorrectnessMetric = "option_logprob"  # how a select answer counts as right: the true option scores higher, or the greedy answer matches
@@ -245,6 +249,8 @@ class EvaluationConfig:
     readout_max_share: float = 0.5          # a set whose drop comes more than this share from one answer value is answer readout
     logprob_normalize: bool | None = None   # old pipeline's key (ignored)
 
+
+# %% ../nbs/10_config.ipynb #224faf42
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -273,6 +279,7 @@ class Config:
             sec, _, name = key.partition(".")
             if name and sec in d: d[sec].pop(name, None)
         return d
+
 
 # %% ../nbs/10_config.ipynb #9a432604
 IGNORED_KEYS = {
