@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'MODEL_STEPS', 'CSV_KEYS', 'Step', 'get_step', 'parse_steps', 'notebooks_dir',
-           'StepFailed', 'ensure_before', 'InputsMissing', 'model_problem', 'data_problems', 'folder_problem',
-           'check_inputs', 'run_pipeline', 'run_summary']
+__all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'MODEL_STEPS', 'CSV_KEYS', 'Step', 'get_step', 'parse_steps',
+           'notebooks_dir', 'StepFailed', 'ensure_before', 'InputsMissing', 'model_problem', 'data_problems',
+           'folder_problem', 'check_inputs', 'run_pipeline', 'run_summary']
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
 from .config import (Config, UserError, load_config, config_hash, resolve_experiment_dir, prepare_experiment,
@@ -33,10 +33,11 @@ STEPS = [
     Step(1, "train", "01_train.ipynb", "binding_sae.train:train_step"),
     Step(2, "identify", "02_identify.ipynb", "binding_sae.identify:identify_step"),
     Step(3, "ablate", "03_ablate.ipynb", "binding_sae.ablate:ablate_step"),
+    Step(3, "knockout", "03_ablate.ipynb", "binding_sae.ablate:knockout_step"),
     Step(4, "analyze", "04_analyze.ipynb", "binding_sae.analyze:analyze_step"),
     Step(5, "visualize", "05_visualize.ipynb", "binding_sae.visualize:visualize_step"),
 ]
-EXTRA_STEPS = {"knockout": Step(3, "knockout", "03_ablate.ipynb", "binding_sae.ablate:knockout_step")}
+EXTRA_STEPS = {}
 
 def get_step(name:str) -> Step:
     "The step called `name` (train, identify, ablate, knockout, analyze, visualize)."
@@ -46,14 +47,14 @@ def get_step(name:str) -> Step:
     raise UserError(f"Unknown step {name!r}: choose one of {', '.join([s.name for s in STEPS] + list(EXTRA_STEPS))}.")
 
 def parse_steps(spec:str|None) -> list[Step]:
-    "Steps from `--steps` (e.g. '2,3' or 'identify,ablate'); None = all five."
+    "Steps from `--steps` (e.g. '2,3' or 'identify,ablate'; a number names every part of that step); None = all."
     if not spec: return list(STEPS)
-    out = []
+    out, top = [], max(s.number for s in STEPS)
     for tok in spec.split(","):
         tok = tok.strip()
         if tok.isdigit():
-            if not 1 <= int(tok) <= len(STEPS): raise UserError(f"--steps {spec!r}: step numbers run from 1 to {len(STEPS)}.")
-            out.append(STEPS[int(tok) - 1])
+            if not 1 <= int(tok) <= top: raise UserError(f"--steps {spec!r}: step numbers run from 1 to {top}.")
+            out += [s for s in STEPS if s.number == int(tok)]
         else: out.append(get_step(tok))
     return sorted(set(out), key=lambda s: (s.number, s.name))
 
@@ -68,6 +69,18 @@ def _call(function:str, cfg:Config, exp:Path) -> dict:
     mod, fn = function.split(":")
     return getattr(importlib.import_module(mod), fn)(cfg, exp) or {}
 
+# progress bars as text in the kernel (not widgets), so they stream to the terminal and stay readable in the record
+TEXT_PROGRESS = ("--IPKernelApp.exec_lines=import tqdm.auto, tqdm.std; "
+                 "tqdm.auto.tqdm, tqdm.auto.trange = tqdm.std.tqdm, tqdm.std.trange")
+
+def _ipc_kernel_manager():
+    "A kernel manager that talks to the kernel over local sockets (IPC), not unencrypted TCP (which the kernel warns about)."
+    from traitlets import CaselessStrEnum
+    from jupyter_client.manager import AsyncKernelManager
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+    return IPCKernelManager
+
 def _run_papermill(step:Step, cfg:Config, exp:Path, overrides:dict) -> dict:
     import papermill as pm
     nbs = notebooks_dir()
@@ -79,7 +92,8 @@ def _run_papermill(step:Step, cfg:Config, exp:Path, overrides:dict) -> dict:
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # the kernel's debugger warning about frozen modules
     try:  # the notebook's own output (its progress bars) streams to stderr, as the direct engine's does
         pm.execute_notebook(str(nbs / step.notebook), str(out), parameters=params, kernel_name="python3", language="python",
-                            cwd=str(nbs), progress_bar=False, log_output=False, stdout_file=sys.stderr, stderr_file=sys.stderr)
+                            cwd=str(nbs), progress_bar=False, log_output=False, stdout_file=sys.stderr, stderr_file=sys.stderr,
+                            kernel_manager_class=_ipc_kernel_manager(), extra_arguments=[TEXT_PROGRESS])
     except pm.PapermillExecutionError as e:
         raise StepFailed(f"step {step.name} failed in cell {e.exec_count} of {out}: {e.ename}: {e.evalue}") from None
     return {}
