@@ -6,6 +6,7 @@
 from __future__ import annotations
 import itertools, json, logging, math, pickle, warnings
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # %% auto #0
@@ -547,6 +548,41 @@ def read_checkpoint(path) -> dict:
         raise SAEError(f"{path} cannot be read as a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}): "
                        "it is truncated, corrupt or not a .pt file; copy it again or point --sae_checkpoint elsewhere.") from None
 
+# %% ../nbs/00_sae.ipynb #2603ee7d
+@dataclass
+class _LoopState:
+    "What a checkpoint keeps of the loop besides the trainer: the history, the data cursor and the current interval's sums."
+    path: Path | None
+    history: list = field(default_factory=list)
+    cursor: int = 0  # batches consumed
+    acc: dict = None  # loss terms summed since the last history row
+    acc_n: int = 0
+
+def _zeros(device) -> dict: return {k: torch.zeros((), device=device) for k in _LOGGED}
+
+def _resume(path:Path|None, tr:SAETrainer, settings:dict) -> _LoopState:
+    "The loop state of the checkpoint at `path`, with `tr` and torch's RNG restored from it; a fresh state when there is none."
+    st = _LoopState(path, acc=_zeros(tr.device))
+    if path is None or not path.exists(): return st
+    ck = read_checkpoint(path)
+    if ck.get("format") != CHECKPOINT_FORMAT: raise SAEError(f"{path} is not a binding_sae training checkpoint; move it away or pick another path.")
+    if ck["settings"] != settings:
+        diff = sorted(k for k in settings if ck["settings"].get(k) != settings[k])
+        raise SAEError(f"Checkpoint {path} was written with other settings ({', '.join(diff)}); delete it to start over or use the same settings.")
+    tr.load_state_dict(ck)
+    st.history, st.cursor, st.acc_n = ck["history"], ck["cursor"], ck["acc_n"]
+    st.acc = {k: v.to(tr.device) for k, v in ck["acc"].items()}
+    _set_rng_state(ck["rng"])
+    log.info("resuming SAE training from %s at step %d", path, tr.step_count)
+    return st
+
+def _save_checkpoint(st:_LoopState, tr:SAETrainer, settings:dict, metadata:dict|None):
+    "Write the trainer, the loop state, torch's RNG and the settings to `st.path` atomically."
+    ck = {"format": CHECKPOINT_FORMAT, "version": 1, **tr.state_dict(), "cursor": st.cursor, "rng": _rng_state(),
+          "history": st.history, "acc": {k: v.cpu() for k, v in st.acc.items()}, "acc_n": st.acc_n,
+          "settings": settings, "sae_config": tr.sae.config(), "metadata": dict(metadata or {})}
+    with atomic_path(st.path) as tmp, open(tmp, "wb") as f: torch.save(ck, f)  # a file object: the archive name does not depend on the temp name
+
 # %% ../nbs/00_sae.ipynb #a63b6878
 def training_steps(batches, # the batch source (needs batch_size, and n_rows unless training.n_tokens is set)
                    training:TrainingConfig, # the config's `training` section
@@ -578,37 +614,16 @@ def train_sae(sae:SAE,
     settings = dict(sae=sae.config(), n_steps=n_steps, lr=tr.lr, warmup_steps=tr.warmup_steps,
                     decay_fraction=tr.decay_fraction, grad_clip=tr.grad_clip, auxk_k=tr.auxk_k,
                     auxk_coeff=tr.auxk_coeff, dead_tokens=tr.dead_tokens, seed=int(t.seed))
-    history, cursor = [], 0
-    acc = {k: torch.zeros((), device=tr.device) for k in _LOGGED}
-    acc_n = 0
-    path = Path(checkpoint_path) if checkpoint_path is not None else None
-    if path is not None and path.exists():
-        ck = read_checkpoint(path)
-        if ck.get("format") != CHECKPOINT_FORMAT: raise SAEError(f"{path} is not a binding_sae training checkpoint; move it away or pick another path.")
-        if ck["settings"] != settings:
-            diff = sorted(k for k in settings if ck["settings"].get(k) != settings[k])
-            raise SAEError(f"Checkpoint {path} was written with other settings ({', '.join(diff)}); delete it to start over or use the same settings.")
-        tr.load_state_dict(ck)
-        history, cursor, acc_n = ck["history"], ck["cursor"], ck["acc_n"]
-        acc = {k: v.to(tr.device) for k, v in ck["acc"].items()}
-        _set_rng_state(ck["rng"])
-        log.info("resuming SAE training from %s at step %d", path, tr.step_count)
-
-    def save_checkpoint():
-        ck = {"format": CHECKPOINT_FORMAT, "version": 1, **tr.state_dict(), "cursor": cursor, "rng": _rng_state(),
-              "history": history, "acc": {k: v.cpu() for k, v in acc.items()}, "acc_n": acc_n,
-              "settings": settings, "sae_config": sae.config(), "metadata": dict(metadata or {})}
-        with atomic_path(path) as tmp, open(tmp, "wb") as f: torch.save(ck, f)  # a file object: the archive name does not depend on the temp name
-
-    if tr.step_count >= n_steps: return history
-    last_check = tr.step_count
+    st = _resume(Path(checkpoint_path) if checkpoint_path is not None else None, tr, settings)
+    if tr.step_count >= n_steps: return st.history
+    path, last_check = st.path, tr.step_count
     bar = tqdm(total=n_steps, initial=tr.step_count, desc="SAE", disable=not progress, leave=False)
-    for x in _iter_from(batches, cursor):
+    for x in _iter_from(batches, st.cursor):
         if tr.step_count == 0: init_from_data(sae, x)
         out = tr.step(x)
-        cursor += 1; bar.update(1)
-        for k in _LOGGED: acc[k] += out[k]
-        acc_n += 1
+        st.cursor += 1; bar.update(1)
+        for k in _LOGGED: st.acc[k] += out[k]
+        st.acc_n += 1
         s = tr.step_count
         log_now = s % log_every == 0 or s == n_steps
         ckpt_now = path is not None and (s % checkpoint_every == 0 or s == n_steps)
@@ -617,19 +632,19 @@ def train_sae(sae:SAE,
             last_check = s
         if log_now:
             row = {"step": s, "tokens": int(sae.tokens_seen), "lr": tr.opt.param_groups[0]["lr"],
-                   **{k: float(acc[k] / acc_n) for k in _LOGGED},
+                   **{k: float(st.acc[k] / st.acc_n) for k in _LOGGED},
                    "dead_fraction": float((sae.tokens_since_fired >= tr.dead_tokens).float().mean())}
             if eval_batch is not None:
                 m = sae_metrics(sae, eval_batch)
                 row.update(eval_fvu=m["fvu"], eval_l0=m["l0"])
-            history.append(row)
-            acc = {k: torch.zeros((), device=tr.device) for k in _LOGGED}; acc_n = 0
-        if ckpt_now: save_checkpoint()
+            st.history.append(row)
+            st.acc, st.acc_n = _zeros(tr.device), 0
+        if ckpt_now: _save_checkpoint(st, tr, settings, metadata)
         if s >= n_steps: break
     bar.close()
     if tr.step_count < n_steps:
-        raise SAEError(f"The batch source ran out after {cursor} batches but training needs {n_steps} steps; lower training.n_tokens or use an endless source.")
-    return history
+        raise SAEError(f"The batch source ran out after {st.cursor} batches but training needs {n_steps} steps; lower training.n_tokens or use an endless source.")
+    return st.history
 
 # %% ../nbs/00_sae.ipynb #299770f8
 @torch.no_grad()

@@ -484,12 +484,13 @@ def test_cuda_on_cpu_only_machine_api():
     with pytest.raises(UserError, match="no CUDA GPU"): load_vlm("models/toy_llava", device="cuda")
 
 def test_flash_attention_with_knockout_api(toy_model, monkeypatch):
-    "API: `vlm.knockout` refuses a model whose attention kernel ignores custom masks."
+    "API: `forward.knockout` refuses a model whose attention kernel ignores custom masks."
     import binding_sae.vlm as V
+    from binding_sae.forward import knockout
     vlm = V.load_vlm(str(toy_model), device="cpu", attn_implementation="eager")
     monkeypatch.setattr(V, "_attn_impl", lambda model: "flash_attention_2")
     with pytest.raises(V.ModelError, match="flash_attention_2") as e:
-        with V.knockout(vlm, {}): pass
+        with knockout(vlm, {}): pass
     assert "sdpa" in str(e.value)
 
 def test_flash_attention_with_knockout_cli(tmp_path, cfg_file, capsys):
@@ -549,10 +550,11 @@ def test_sae_training_checkpoint_other_layer(tmp_path, cfg_file, model_shape, ca
     "Our own sae_checkpoint.pt format, written for layer 1, given to a layer-2 experiment."
     import torch
     from binding_sae.sae import make_sae, train_sae
+    from binding_sae.config import SAEConfig, TrainingConfig
     x = [torch.randn(16, model_shape[1]) for _ in range(2)]
     ck = tmp_path / "sae_checkpoint.pt"
-    train_sae(make_sae("topk", model_shape[1], 32, seed=0, k=4), x, n_steps=2, checkpoint_path=ck, checkpoint_every=1,
-              metadata=dict(layer=1), device="cpu", progress=False, warmup_steps=1)
+    train_sae(make_sae("topk", model_shape[1], 32, seed=0, k=4), x, SAEConfig(), TrainingConfig(warmup_steps=1, checkpoint_every=1),
+              n_steps=2, checkpoint_path=ck, metadata=dict(layer=1), device="cpu", progress=False)
     main_fails(capsys, "run", "--config", cfg_file, "--experiment_dir", tmp_path / "exp", "--engine", "direct",
                "--skip_train", "--sae_checkpoint", ck, "--steps", "2", phrases=["trained on layer 1"])
     assert not (tmp_path / "exp" / "sae").exists()
@@ -594,7 +596,8 @@ def test_catalog_names_latents_beyond_sae_width(tmp_path, reference, capsys):
 # 1e. experiment folder of another config; out of disk; NaN / inf
 
 def test_folder_of_another_config_refused(tmp_path, tiny_cfg):
-    from binding_sae.config import config_from_dict, prepare_experiment
+    from binding_sae.config import config_from_dict
+    from binding_sae.experiment import prepare_experiment
     exp = tmp_path / "exp"
     cfg = write_yaml(tmp_path / "a.yaml", tiny_cfg)
     prepare_experiment(config_from_dict(tiny_cfg), exp)
@@ -607,7 +610,8 @@ def test_folder_of_another_config_refused(tmp_path, tiny_cfg):
     assert snapshot(exp) == before, "a refused run must leave the folder untouched"
 
 def test_folder_of_another_config_force(tmp_path, tiny_cfg):
-    from binding_sae.config import config_from_dict, prepare_experiment, config_hash, UserError
+    from binding_sae.config import config_from_dict, config_hash, UserError
+    from binding_sae.experiment import prepare_experiment
     exp = tmp_path / "exp"
     a = config_from_dict(tiny_cfg)
     b = config_from_dict(tiny_cfg, overrides={"sae.k": 8})
@@ -616,7 +620,7 @@ def test_folder_of_another_config_force(tmp_path, tiny_cfg):
     with pytest.raises(UserError, match="different config"): prepare_experiment(b, exp)
     prepare_experiment(b, exp, force=True)
     assert yaml.safe_load((exp / "config.yaml").read_text())["sae"]["k"] == 8
-    from binding_sae.config import step_done
+    from binding_sae.experiment import step_done
     assert not step_done(exp, "train", b)  # the old config's finished step does not count for the new one
     prepare_experiment(b, exp)  # now it is b's folder
 
@@ -656,15 +660,15 @@ def test_nonfinite_activations_keep_last_good_checkpoint(tmp_path):
     "API: inf in batch 8 of 12 stops training with a clear message; the step-6 checkpoint stays and is finite."
     import torch
     from binding_sae.sae import make_sae, train_sae, NonFiniteError, read_checkpoint
-    from binding_sae.config import UserError
+    from binding_sae.config import UserError, SAEConfig, TrainingConfig
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(16, 8, generator=g) for _ in range(12)]
     batches[7] = batches[7].clone(); batches[7][3, 2] = float("inf")
     ck = tmp_path / "sae_checkpoint.pt"
     sae = make_sae("topk", 8, 16, seed=0, k=2)
     with pytest.raises(NonFiniteError, match="NaN or inf") as e:
-        train_sae(sae, batches, n_steps=12, checkpoint_path=ck, checkpoint_every=3, log_every=100, device="cpu",
-                  progress=False, warmup_steps=1)
+        train_sae(sae, batches, SAEConfig(), TrainingConfig(warmup_steps=1, checkpoint_every=3), n_steps=12, checkpoint_path=ck,
+                  device="cpu", progress=False)
     assert issubclass(e.type, UserError) and "last good checkpoint is kept" in str(e.value)
     saved = read_checkpoint(ck)
     assert saved["step"] == 6
@@ -739,7 +743,7 @@ def _kill_and_resume(tmp_path, sets, reference, ready_fn, stage):
     assert rc == -signal.SIGKILL, f"the run ended (rc {rc}) before it could be killed during {stage}"
     assert not (exp / "train.done.json").exists()
     # the killed run's lock file stays behind, naming a process that is gone: the rerun below must take it over
-    from binding_sae.config import LOCK_NAME, lock_holder
+    from binding_sae.experiment import LOCK_NAME, lock_holder
     stale = lock_holder(exp / LOCK_NAME)
     assert stale.get("command", "").startswith("binding-sae train"), stale
     with pytest.raises(ProcessLookupError): os.kill(stale["pid"], 0)
@@ -795,7 +799,8 @@ def test_kill_during_ablation_resumes(tmp_path, sets, reference):
 
 def test_rerun_sweeps_orphan_temp_files(tmp_path, tiny_cfg):
     "A temp file left by a kill mid-write (atomic_path's `.name.XXXX.tmp`) is removed when the folder is reused."
-    from binding_sae.config import config_from_dict, prepare_experiment
+    from binding_sae.config import config_from_dict
+    from binding_sae.experiment import prepare_experiment
     exp = tmp_path / "exp"
     cfg = config_from_dict(tiny_cfg)
     prepare_experiment(cfg, exp)
@@ -803,7 +808,7 @@ def test_rerun_sweeps_orphan_temp_files(tmp_path, tiny_cfg):
     orphan.parent.mkdir(parents=True); orphan.write_bytes(b"\0" * 100)
     prepare_experiment(cfg, exp)
     if orphan.exists():
-        pytest.xfail("prepare_experiment does not sweep temp files left by a killed run yet (binding_sae.config)")
+        pytest.xfail("prepare_experiment does not sweep temp files left by a killed run yet (binding_sae.experiment)")
     assert not tmp_files(exp)
 
 
@@ -981,7 +986,7 @@ def _env_without_locks() -> dict:
 
 def test_second_writer_is_refused(tmp_path, cfg_file):
     "Two commands on one folder: the second stops at once with one line naming the first; the first finishes normally."
-    from binding_sae.config import LOCK_NAME, lock_holder
+    from binding_sae.experiment import LOCK_NAME, lock_holder
     exp = tmp_path / "exp"
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen([*CLI, "train", "--config", cfg_file, "--experiment_dir", exp], cwd=ROOT,
@@ -1025,7 +1030,7 @@ def test_binding_sae_version_from_a_source_folder(monkeypatch, reference):
     "Run from a source folder (not pip-installed), versions.binding_sae was null; it is the imported code's version."
     import importlib.metadata as md
     import binding_sae
-    from binding_sae.config import package_versions
+    from binding_sae.experiment import package_versions
     real = md.version
     def not_installed(name):
         if name == "binding_sae": raise md.PackageNotFoundError(name)
