@@ -5,37 +5,34 @@
 # %% ../nbs/03_ablate.ipynb #73fc56f9
 from __future__ import annotations
 import hashlib, json, logging, math, re, shutil, time
-from contextlib import contextmanager
 from pathlib import Path
+from typing import get_args
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['log', 'POSITION_TYPES', 'MODES', 'METRICS', 'BASELINES', 'CEILINGS', 'RANDOM_EFFECT_SETS', 'STAT_BASELINES',
-           'CEILING_EDITS', 'CONTROL_ROLES', 'AblationError', 'log_stat', 'match_quality', 'matched_random_sets',
-           'decoded_norms', 'top_latents', 'trivial_baselines', 'set_contributions', 'ablation_deltas',
-           'ceiling_deltas', 'logit_metrics', 'upper_layers_only', 'kv_bytes_per_token', 'plan_batches', 'extend_cache',
-           'segment_mask', 'segment_blocks', 'run_segments', 'ablate_batch', 'inputs_key', 'ChunkStore',
-           'option_token_ids', 'positions_found', 'ablate_questions', 'per_feature_effects', 'condition_record',
+__all__ = ['log', 'POSITION_TYPES', 'MODES', 'BASELINES', 'CONTROL_ROLES', 'CEILINGS', 'RANDOM_EFFECT_SETS', 'STAT_BASELINES',
+           'CEILING_EDITS', 'AblationError', 'log_stat', 'match_quality', 'matched_random_sets', 'decoded_norms',
+           'top_latents', 'trivial_baselines', 'set_contributions', 'ablation_deltas', 'ceiling_deltas', 'ablate_batch',
+           'inputs_key', 'ChunkStore', 'positions_found', 'ablate_questions', 'per_feature_effects', 'condition_record',
            'accuracy_by_option_contrast', 'knockout_batch', 'bootstrap_mean_ci', 'held_out_questions',
            'check_knockout_attention', 'scorable', 'ablate_inputs', 'best_random_on_select', 'ablate_step',
            'knockout_step']
 
 # %% ../nbs/03_ablate.ipynb #8c23cf97
-from .config import (Config, UserError, atomic_path, atomic_write_json, mark_done, config_hash, step_done,
-                                read_step_json)
-from .experiment import encode_questions
-from .vlm import (VLM, Batch, tokenize_prompts, option_ids, choose_option_variant, prefix_cache, run_suffix,
-                             default_upto, edit_residual, knockout, knockout_layers, flow_blocks, forward_last, FLOWS)
+from .config import (Config, UserError, atomic_path, atomic_write_json, config_hash, EditPosition,
+                                AblationMode, Baseline as BaselineName, ControlTask)
+from .experiment import encode_questions, mark_done, read_step_json
+from .vlm import VLM, Batch, tokenize_prompts, option_token_ids, choose_option_variant
+from .forward import (METRICS, FLOWS, ConditionRecord, SetAblation, Prefix, prefix_length, run_baseline,
+                                 run_conditions, metrics_numpy, upper_layers_only, condition_positions, condition_blocks,
+                                 plan_batches, knockout, knockout_layers, flow_blocks)
 
 # %% ../nbs/03_ablate.ipynb #c1138e1f
 log = logging.getLogger(__name__)
-POSITION_TYPES = ("attribute", "question", "all", "last")
-MODES = ("residual", "replace")
-METRICS = ("logit_diff", "true_prob", "false_prob", "pred_token_prob", "gt_token_prob", "correct",
-           "pct_change_pred_token_prob")
-BASELINES = ("top_mean_activation", "top_firing_rate", "top_decoded_norm", "best_random_on_select")
+POSITION_TYPES, MODES = get_args(EditPosition), get_args(AblationMode)  # the choices the config's types allow
+BASELINES, CONTROL_ROLES = get_args(BaselineName), get_args(ControlTask)
 CEILINGS = ("all_latents_replace", "zero_residual")
 RANDOM_EFFECT_SETS = 100  # random sets whose per-question effects the results file keeps (all sets keep their mean)
 
@@ -211,212 +208,33 @@ def ceiling_deltas(sae, x:torch.Tensor, # layer activations at the edited positi
         d = torch.stack([off.expand_as(xs) - xs, -xs])
     return d.to(x.dtype)
 
-# %% ../nbs/03_ablate.ipynb #dd359069
-def logit_metrics(logits:torch.Tensor, # last-position logits [N, V]
-                  true_ids:torch.Tensor, # first token of the true option [N]
-                  false_ids:torch.Tensor, # first token of the false option [N]
-                  pred_ids:torch.Tensor, # the baseline's predicted token [N]
-                  base_pred_prob:torch.Tensor|None=None, # the baseline's pred_token_prob [N] (for the % change)
-                 ) -> dict:
-    "Per-row metrics (float64 numpy): logit_diff, option probabilities, pred_token_prob, correct, % change."
-    logits = logits.float()
-    lse = logits.logsumexp(-1)
-    g = lambda ids: logits.gather(1, ids.to(logits.device)[:, None])[:, 0]
-    t, f, p = g(true_ids), g(false_ids), g(pred_ids)
-    out = dict(logit_diff=t - f, true_prob=(t - lse).exp(), false_prob=(f - lse).exp(), pred_token_prob=(p - lse).exp())
-    out["gt_token_prob"], out["correct"] = out["true_prob"], (t > f).float()
-    bp = out["pred_token_prob"] if base_pred_prob is None else torch.as_tensor(base_pred_prob, device=logits.device, dtype=torch.float32)
-    out["pct_change_pred_token_prob"] = 100 * (out["pred_token_prob"] - bp) / bp.clamp_min(1e-30)
-    return {k: v.double().cpu().numpy() for k, v in out.items()}
-
-# %% ../nbs/03_ablate.ipynb #e8ac560a
-def _expand_inputs(batch:Batch, repeat:int) -> dict:
-    rep = lambda v: v.repeat_interleave(repeat, 0)
-    return {k: rep(v) for k, v in batch.model_inputs().items()}
-
-def _forward_rows(vlm:VLM, batch:Batch, cache, upto:int, repeat:int) -> torch.Tensor:
-    "Last-position logits [B·repeat, V]: the suffix on the prefix cache, or (cache None) full forwards."
-    if cache is not None: return run_suffix(vlm, batch, cache, upto, repeat=repeat)
-    with torch.no_grad(): out = vlm.model(**_expand_inputs(batch, repeat), use_cache=False, logits_to_keep=1)
-    return out.logits[:, -1].float()
-
-def _layer_output_hook(store:list):
-    def hook(module, args, output): store.append(output)
-    return hook
-
-@contextmanager
-def upper_layers_only(vlm:VLM, layer:int, # layers 0..layer are skipped
-                      hidden:torch.Tensor, # layer `layer`'s output of this forward, precomputed [rows, t, d]
-                      positions:tuple|None=None, # (rows, cols) absolute indices where `delta` is added
-                      delta:torch.Tensor|None=None, # [n, d] added at `positions`
-                      offset:int=0, # absolute index of the forward's first token (the prefix length)
-                      tuple_len:int=0, # the decoder layers return a tuple of this length (0 = a tensor)
-                     ):
-    "Context manager: layers ≤ `layer` do no work; layer `layer` outputs `hidden` (+ `delta`); the layers above run."
-    wrap = lambda h: (h,) + (None,) * (tuple_len - 1) if tuple_len else h
-    def skip(*args, **kwargs): return wrap(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
-    def top(*args, **kwargs):
-        h = hidden
-        if delta is not None:
-            h = hidden.clone(); r, c = positions
-            h[r.to(h.device), c.to(h.device) - offset] += delta.to(h.device, h.dtype)
-        return wrap(h)
-    mods = list(vlm.layers[:layer + 1])
-    try:
-        for m in mods[:-1]: m.forward = skip
-        mods[-1].forward = top
-        yield
-    finally:
-        for m in mods: m.__dict__.pop("forward", None)
-
-def _prepare(vlm:VLM, batch:Batch, kind:str, use_cache:bool=True):
-    "(upto, cache, per-row edited columns) of a batch; upto = 0 and no cache when edits reach the image prefix."
-    cols = [p[kind] for p in batch.positions]
-    if any(len(c) == 0 for c in cols): raise AblationError(f"Some rows have no {kind} positions; filter them first (counted skip).")
-    upto = min(int(c.min()) for c in cols) if kind != "all" and use_cache else 0
-    cache = prefix_cache(vlm, batch, upto) if upto > 0 else None
-    return upto, cache, cols
-
-# %% ../nbs/03_ablate.ipynb #b16a0e9b
-def kv_bytes_per_token(vlm:VLM) -> int:
-    "Bytes of KV cache one token holds over all layers."
-    tc = getattr(vlm.model.config, "text_config", vlm.model.config)
-    heads = getattr(tc, "num_attention_heads", 1)
-    kv = getattr(tc, "num_key_value_heads", None) or heads
-    head_dim = getattr(tc, "head_dim", None) or vlm.d_model // heads
-    return 2 * vlm.n_layers * kv * head_dim * torch.finfo(vlm.dtype).bits // 8
-
-def plan_batches(vlm:VLM, n_conditions:int, # conditions per question
-                 conditions_per_forward:int=64, # at most this many conditions of a question per forward
-                 prefix_tokens:int|None=None, # prefix length (default: image tokens + 8)
-                 cache_bytes:float|None=None, # KV-cache budget of one forward (default 12 GB on cuda, 1 GB on cpu)
-                 max_questions:int=32, # at most this many questions per prefix batch
-                 shared_prefix:bool=False, # conditions run as segments of one row (one cache copy per question)
-                ) -> tuple[int, int]:
-    "(questions per prefix batch, rows per suffix forward) within the KV-cache budget."
-    T = prefix_tokens or (vlm.image_token_count + 8)
-    per_row = kv_bytes_per_token(vlm) * T
-    budget = cache_bytes or (12e9 if str(vlm.device).startswith("cuda") else 1e9)
-    if shared_prefix:
-        r = int(max(1, min(conditions_per_forward, max(n_conditions, 1))))
-        q = int(max(1, min(max_questions, budget // (2 * per_row))))
-        return q, q * r
-    r = int(max(1, min(conditions_per_forward, max(n_conditions, 1), budget // per_row)))
-    q = int(max(1, min(max_questions, budget // (per_row * r))))
-    return q, q * r
-
-# %% ../nbs/03_ablate.ipynb #6e9d94ad
-def _cache_kw(vlm:VLM) -> str:
-    import inspect
-    return "cache" if "cache" in inspect.signature(vlm.model.forward).parameters else "past_key_values"
-
-def _out_cache(out):
-    c = getattr(out, "cache", None)
-    return c if c is not None else getattr(out, "past_key_values", None)
-
-def extend_cache(vlm:VLM, batch:Batch, cache, upto:int, to:int):
-    "A copy of the prefix cache [0, upto) extended by the batch's tokens [upto, to) (one forward, no edits)."
-    import copy
-    with torch.no_grad():
-        out = vlm.model(input_ids=batch.input_ids[:, upto:to], attention_mask=batch.attention_mask[:, :to],
-                        position_ids=batch.position_ids[:, upto:to], use_cache=True, logits_to_keep=1,
-                        **{_cache_kw(vlm): copy.deepcopy(cache)})
-    return _out_cache(out)
-
-def segment_mask(batch:Batch, upto:int, r:int, dtype=torch.bool) -> torch.Tensor:
-    "4-D attention mask [B, 1, r·S, upto + r·S] of r suffix segments sharing the prefix (bool: True = attend; float: additive)."
-    am = batch.attention_mask.bool()
-    B, T = am.shape; S = T - upto; n = r * S
-    dev = am.device
-    seg, t = torch.arange(n, device=dev) // S, torch.arange(n, device=dev) % S
-    inner = (seg[:, None] == seg[None, :]) & (t[None, :] <= t[:, None])  # same segment, causal
-    allow = torch.cat([am[:, None, :upto].expand(B, n, upto), inner[None] & am[:, upto:].repeat(1, r)[:, None, :]], 2)
-    allow[:, torch.arange(n, device=dev), upto + torch.arange(n, device=dev)] = True  # padding queries see themselves
-    if dtype == torch.bool: return allow[:, None]
-    return torch.zeros(allow.shape, dtype=dtype, device=dev).masked_fill(~allow, torch.finfo(dtype).min)[:, None]
-
-def segment_blocks(flow:torch.Tensor, # [B, T, T] blocked (target, source) pairs in absolute positions
-                   upto:int, on:torch.Tensor, # bool [r]: segments whose condition blocks in this layer
-                  ) -> torch.Tensor:
-    "The blocked pairs in segment coordinates: [B, upto + r·S, upto + r·S]."
-    B, T, _ = flow.shape; S = T - upto; r = len(on); K = upto + r * S
-    f = flow[:, upto:]  # [B, S, T]: only suffix rows can be blocked
-    out = torch.zeros(B, K, K, dtype=torch.bool, device=flow.device)
-    gate = on.to(flow.device).repeat_interleave(S)[None, :, None]
-    out[:, upto:, :upto] = f[:, :, :upto].repeat(1, r, 1) & gate
-    diag = torch.zeros(B, r, S, r, S, dtype=torch.bool, device=flow.device)
-    idx = on.to(flow.device).nonzero()[:, 0]
-    diag[:, idx, :, idx, :] = f[:, :, upto:][None].expand(len(idx), B, S, S)
-    out[:, upto:, upto:] = diag.reshape(B, r * S, r * S)
-    return out
-
-def run_segments(vlm:VLM, batch:Batch, cache, upto:int, r:int) -> torch.Tensor:
-    "Last-position logits [B·r, V] of r copies of the suffix run as segments of one row on the shared prefix cache."
-    import copy
-    B, T = batch.input_ids.shape; S = T - upto
-    eager = vlm.attn_implementation == "eager"
-    mask = segment_mask(batch, upto, r, vlm.dtype if eager else torch.bool)
-    keep = torch.arange(r, device=batch.input_ids.device) * S + S - 1
-    with torch.no_grad():
-        out = vlm.model(input_ids=batch.input_ids[:, upto:].repeat(1, r), attention_mask=mask,
-                        position_ids=batch.position_ids[:, upto:].repeat(1, r), use_cache=True, logits_to_keep=keep,
-                        **{_cache_kw(vlm): copy.deepcopy(cache)})
-    return out.logits.float().reshape(B * r, -1)
-
 # %% ../nbs/03_ablate.ipynb #50eec82e
 def ablate_batch(vlm:VLM, batch:Batch, # questions encoded with pad_at='question'
-                 sae, layer:int, # the SAE and the layer whose output it reads
-                 kind:str, # position type edited: attribute | question | all | last
+                 sae, how:SetAblation, # the SAE, and where and how its sets are removed
                  sets:list, # feature sets, one condition each
-                 true_ids:torch.Tensor, false_ids:torch.Tensor, # first option tokens per row
-                 mode:str="residual", delta_scale:float=1.0,
+                 ids:tuple, # (true, false): first option tokens per row
                  n_rows:int=64, # rows (question × condition) per forward
                  track:list|None=None, # latents whose max activation over the edited positions is returned
-                 use_cache:bool=True, # False = full forwards (the reference the cache is tested against)
-                 segments:bool|None=None, # conditions as segments of one row; None = when repeating the cache would copy > 256 MB
                  ceiling:bool=False, # also run the two ceiling edits (`ceiling_deltas`)
+                 segments:bool|None=None, # conditions as segments of one row; None = when repeating the cache would copy > 256 MB
                 ) -> dict:
     "Baseline and per-set metrics of a batch: {'baseline': {m: [B]}, 'sets': {m: [B, n_sets]}, 'ceiling': {m: [B, 2]}, 'track': [B, len(track)]}."
-    if kind not in POSITION_TYPES: raise AblationError(f"ablation.position_type is {kind!r}; choose one of {', '.join(POSITION_TYPES)}.")
-    B = len(batch)
-    upto, cache, cols = _prepare(vlm, batch, kind, use_cache)
-    store = []
-    h = vlm.layers[layer].register_forward_hook(_layer_output_hook(store))
-    try: base_logits = _forward_rows(vlm, batch, cache, upto, 1)
-    finally: h.remove()
-    pred = base_logits.argmax(-1)
-    base = logit_metrics(base_logits, true_ids, false_ids, pred)
-    tuple_len = len(store[0]) if isinstance(store[0], tuple) else 0
-    hid = (store[0][0] if tuple_len else store[0]).detach()  # layer-L output of the forward [B, T - upto, d]
-    x = [hid[i, c - upto] for i, c in enumerate(cols)]  # at the edited positions, per row
+    cols = [p[how.kind] for p in batch.positions]
+    if any(len(c) == 0 for c in cols): raise AblationError(f"Some rows have no {how.kind} positions; filter them first (counted skip).")
+    prefix = Prefix.build(vlm, batch, prefix_length(cols))
+    base = run_baseline(vlm, batch, prefix, *ids, layer=how.layer)
+    x = [base.hidden[i, c - prefix.upto] for i, c in enumerate(cols)]  # layer-L output at the edited positions, per row
     index = _set_index(sets, sae.W_dec.device)
-    deltas = [ablation_deltas(sae, xi, index, mode, delta_scale) for xi in x]  # each [n_sets, n_pos, d]
+    deltas = [ablation_deltas(sae, xi, index, how.mode, how.delta_scale) for xi in x]  # each [n_sets, n_pos, d]
     if ceiling: deltas = [torch.cat([d, ceiling_deltas(sae, xi)]) for d, xi in zip(deltas, x)]
-    n_cols = len(sets) + (len(CEILINGS) if ceiling else 0)
-    out = {k: np.zeros((B, n_cols)) for k in base}
-    per = max(1, n_rows // B)
-    for k0 in range(0, n_cols, per):
-        k1 = min(n_cols, k0 + per); r = k1 - k0
+    S = base.hidden.shape[1]
+    def edit(k0, k1, seg):  # layers ≤ L are the baseline's; its output plus each condition's delta goes on
+        r = k1 - k0
         delta = torch.cat([d[k0:k1].reshape(-1, d.shape[-1]) for d in deltas])  # row-major: question, condition, position
-        seg = segments if segments is not None else kv_bytes_per_token(vlm) * upto * B * r > 2 ** 28
-        if cache is not None and seg:  # segments of one row; layers ≤ L are the baseline's, only the layers above run
-            S = hid.shape[1]
-            rows = torch.cat([torch.full((r * len(c),), i) for i, c in enumerate(cols)])
-            cc = torch.cat([(c.cpu()[None, :] + S * torch.arange(r)[:, None]).reshape(-1) for c in cols])
-            with upper_layers_only(vlm, layer, hid.repeat(1, r, 1), (rows, cc), delta, upto, tuple_len):
-                logits = run_segments(vlm, batch, cache, upto, r)
-        else:  # the batch repeated per condition (small caches; no shared prefix; the uncached reference)
-            rows = torch.cat([(i * r + torch.arange(r)).repeat_interleave(len(c)) for i, c in enumerate(cols)])
-            cc = torch.cat([c.repeat(r) for c in cols])
-            if use_cache:
-                with upper_layers_only(vlm, layer, hid.repeat_interleave(r, 0), (rows, cc), delta, upto, tuple_len):
-                    logits = _forward_rows(vlm, batch, cache, upto, r)
-            else:
-                with edit_residual(vlm, layer, positions=(rows, cc), delta=delta): logits = _forward_rows(vlm, batch, None, upto, r)
-        rep = lambda t: t.repeat_interleave(r, 0)
-        m = logit_metrics(logits, rep(true_ids), rep(false_ids), rep(pred), np.repeat(base["pred_token_prob"], r))
-        for key, v in m.items(): out[key][:, k0:k1] = v.reshape(B, r)
-    res = dict(baseline=base, sets={k: v[:, :len(sets)] for k, v in out.items()})
+        hid = base.hidden.repeat(1, r, 1) if seg else base.hidden.repeat_interleave(r, 0)
+        return upper_layers_only(vlm, how.layer, hid, condition_positions(cols, r, S, seg), delta, prefix.upto, base.tuple_len)
+    out = metrics_numpy(run_conditions(vlm, batch, prefix, base, deltas[0].shape[0], edit, n_rows, segments))
+    res = dict(baseline=metrics_numpy(base.metrics), sets={k: v[:, :len(sets)] for k, v in out.items()})
     if ceiling: res["ceiling"] = {k: v[:, len(sets):] for k, v in out.items()}
     if track:
         with torch.no_grad():
@@ -480,10 +298,6 @@ class ChunkStore:
         if self.root.is_dir() and not any(self.root.iterdir()): self.root.rmdir()
 
 # %% ../nbs/03_ablate.ipynb #fa01b96e
-def option_token_ids(vlm:VLM, options:list) -> torch.Tensor:
-    "First token of each option in the model's chosen option variant."
-    return torch.tensor([i[0] for i in option_ids(vlm, [str(o) for o in options])], dtype=torch.long)
-
 def positions_found(vlm:VLM, df, kind:str) -> np.ndarray:
     "Bool per question: the prompt has `kind` positions (text-only tokenization, no images)."
     b = tokenize_prompts(vlm.tokenizer, vlm.template, df["question"].tolist(), vlm.image_token_count,
@@ -496,32 +310,30 @@ def _chunk_name(name:str, g, n_cols:int) -> str:
     return f"{name}#{n_cols}#" + hashlib.sha256("\n".join(g["question_id"].astype(str)).encode()).hexdigest()[:12]
 
 def ablate_questions(vlm:VLM, df, # questions (GQA columns + image_path)
-                     sae, layer:int, kind:str, sets:list,
-                     mode:str="residual", delta_scale:float=1.0,
+                     sae, how:SetAblation, sets:list,
                      conditions_per_forward:int=64, # conditions of one question per forward (ablation.batch_size)
                      track:list|None=None, # latents whose max activation per question is recorded
-                     progress:bool=True,
                      ceiling:bool=False, # also the two ceiling edits
                      chunks:ChunkStore|None=None, # keeps finished question groups (resume)
                      name:str="", # this run's name in `chunks` (unique within the step)
                     ) -> dict:
-    "Per-question baseline and per-set metrics of `df` (rows without `kind` positions are counted skips)."
-    ok = positions_found(vlm, df, kind)
+    "Per-question baseline and per-set metrics of `df` (rows without `how.kind` positions are counted skips)."
+    ok = positions_found(vlm, df, how.kind)
     d = df[ok].reset_index(drop=True)
     n_cols = len(sets) + (len(CEILINGS) if ceiling else 0)
-    questions_per_batch, n_rows = plan_batches(vlm, n_cols, conditions_per_forward, shared_prefix=kind != "all",
+    questions_per_batch, n_rows = plan_batches(vlm, n_cols, conditions_per_forward, shared_prefix=how.kind != "all",
                                                max_questions=8 if str(vlm.device).startswith("cuda") else 32)
     parts = {k: [] for k in ("baseline", "sets", "ceiling", "track")}
     groups = range(0, len(d), questions_per_batch)
-    for a in tqdm(groups, desc=f"{kind} {mode}", disable=not progress or len(groups) < 2, leave=False):
+    for a in tqdm(groups, desc=f"{how.kind} {how.mode}", disable=len(groups) < 2, leave=False):
         g = d.iloc[a:a + questions_per_batch]
         key = _chunk_name(name, g, n_cols)
         r = chunks.load(key) if chunks is not None else None
         if r is None:
             t, f = g["true option"].astype(str).tolist(), g["false option"].astype(str).tolist()
             batch = encode_questions(vlm, g, pad_at="question")
-            r = ablate_batch(vlm, batch, sae, layer, kind, sets, option_token_ids(vlm, t), option_token_ids(vlm, f),
-                             mode, delta_scale, n_rows, track, ceiling=ceiling)
+            r = ablate_batch(vlm, batch, sae, how, sets, (option_token_ids(vlm, t), option_token_ids(vlm, f)), n_rows,
+                             track, ceiling=ceiling)
             if chunks is not None: chunks.save(key, r)
         for k in parts:
             if r.get(k) is not None: parts[k].append(r[k])
@@ -534,8 +346,8 @@ def ablate_questions(vlm:VLM, df, # questions (GQA columns + image_path)
                 track=cat(parts["track"], (0, len(track or []))) if track else None)
 
 # %% ../nbs/03_ablate.ipynb #3145ef16
-def per_feature_effects(vlm:VLM, df, sae, layer:int, kind:str, selected:list, activity:np.ndarray, # [n_questions, n_selected]
-                        mode:str="residual", delta_scale:float=1.0, n_top:int=10, conditions_per_forward:int=64,
+def per_feature_effects(vlm:VLM, df, sae, how:SetAblation, selected:list, activity:np.ndarray, # [n_questions, n_selected]
+                        n_top:int=10, conditions_per_forward:int=64,
                         chunks:ChunkStore|None=None, name:str="per_feature") -> dict:
     "{feature_id: {'mean_effect': {metric: float}, 'question_id': [...], 'effect': [...logit_diff]}} on each feature's top questions."
     tops = {}
@@ -543,8 +355,8 @@ def per_feature_effects(vlm:VLM, df, sae, layer:int, kind:str, selected:list, ac
         a = activity[:, j] if len(activity) else np.zeros(0)
         tops[j] = [int(i) for i in np.argsort(-a, kind="stable")[:n_top] if a[i] > 0]
     union = sorted(set().union(*tops.values())) if tops else []
-    r = ablate_questions(vlm, df.iloc[union], sae, layer, kind, [[int(f)] for f in selected], mode, delta_scale,
-                         conditions_per_forward, progress=False, chunks=chunks, name=name) if union else None
+    r = ablate_questions(vlm, df.iloc[union], sae, how, [[int(f)] for f in selected], conditions_per_forward,
+                         chunks=chunks, name=name) if union else None
     row = {q: k for k, q in enumerate(union)}
     out = {}
     for j, fid in enumerate(selected):
@@ -572,7 +384,7 @@ def condition_record(run:dict, # from ablate_questions (sets: selected, [reconst
                      per_feature:dict|None=None,
                      baselines:list=(), # names of the baseline sets, in run order after selected [and reconstruction-only]
                      effect_sets:int=RANDOM_EFFECT_SETS, # random sets whose per-question effects are kept
-                    ) -> dict:
+                    ) -> ConditionRecord:
     "One entry of ablation_results.json 'conditions'."
     n_fixed = (2 if mode == "replace" else 1) + len(baselines)
     base = run["baseline"]
@@ -621,51 +433,39 @@ def accuracy_by_option_contrast(questions, # the condition's question table (que
 
 # %% ../nbs/03_ablate.ipynb #f20c2848
 def knockout_batch(vlm:VLM, batch:Batch, # questions encoded with pad_at='question'
-                   flows:list, # knockout flows (binding_sae.vlm.FLOWS)
+                   flows:list, # knockout flows (binding_sae.forward.FLOWS)
                    layers:list, # centre layers swept
                    window:int, # layers blocked around each centre layer
                    true_ids:torch.Tensor, false_ids:torch.Tensor,
                    n_rows:int=64, # conditions × questions per forward
                    boxes:list|None=None, # per row central-object box (object-level flows)
-                   use_cache:bool=True, # False = full forwards, the batch repeated per condition (the reference)
                    cumulative:dict|None=None, # {flow: [layers]}: one more condition per flow, blocked in all those layers at once
                   ) -> dict:
     "Baseline and per-condition metrics: {'baseline': {m: [B]}, 'conditions': {m: [B, n_flows·n_layers + n_cumulative]}, 'labels'}."
-    B, T = batch.input_ids.shape
+    B = len(batch)
     cumulative = dict(cumulative or {})
     target = lambda fl: fl.split("->")[1].strip().split(" ")[-1].lower()  # 'question' | 'last'
     all_flows = list(dict.fromkeys(list(flows) + list(cumulative)))
-    uptos = {fl: (min(int(p[target(fl)].min()) for p in batch.positions) if use_cache else 0) for fl in all_flows}
-    caches = {}
+    uptos = {fl: prefix_length([p[target(fl)] for p in batch.positions]) for fl in all_flows}
+    prefixes = {}  # the shortest prefix is run once; the longer ones extend it
     for u in sorted(set(uptos.values())):
-        if u == 0: caches[u] = None
-        elif not caches or min(caches) == 0: caches[u] = prefix_cache(vlm, batch, u)
-        else: u0 = min(caches); caches[u] = extend_cache(vlm, batch, caches[u0], u0, u)
-    u0 = min(caches)
-    base_logits = _forward_rows(vlm, batch, caches[u0], u0, 1)
-    pred = base_logits.argmax(-1)
-    base = logit_metrics(base_logits, true_ids, false_ids, pred)
+        prefixes[u] = prefixes[min(prefixes)].extend(vlm, batch, u) if prefixes else Prefix.build(vlm, batch, u)
+    base = run_baseline(vlm, batch, prefixes[min(prefixes)], true_ids, false_ids)
     conds = [(fl, l) for fl in flows for l in layers] + [(fl, "cumulative") for fl in cumulative]
     blocked = ([set(knockout_layers(l, window, vlm.n_layers)) for fl in flows for l in layers]
                + [{int(l) for l in ls} for ls in cumulative.values()])
-    out = {k: np.zeros((B, len(conds))) for k in base}
-    per = max(1, n_rows // B)
-    for fl in all_flows:  # one flow at a time: its rows share one prefix length
+    out = {k: np.zeros((B, len(conds))) for k in METRICS}
+    for fl in all_flows:  # one flow at a time: its conditions share one prefix length
         cols = [c for c, (f_, _) in enumerate(conds) if f_ == fl]
-        mask, u = flow_blocks(vlm, batch, fl, boxes), uptos[fl]
-        for k0 in range(0, len(cols), per):
-            chunk = cols[k0:k0 + per]; r = len(chunk)
-            blocks = {}
-            for m_ in sorted(set().union(*[blocked[c] for c in chunk])):
-                on = torch.tensor([m_ in blocked[c] for c in chunk], device=mask.device)
-                blocks[m_] = (segment_blocks(mask, u, on) if caches[u] is not None else
-                              (mask[:, None] & on[None, :, None, None]).reshape(B * r, *mask.shape[1:]))
-            with knockout(vlm, blocks):
-                logits = run_segments(vlm, batch, caches[u], u, r) if caches[u] is not None else _forward_rows(vlm, batch, None, 0, r)
-            rep = lambda t: t.repeat_interleave(r, 0)
-            mt = logit_metrics(logits, rep(true_ids), rep(false_ids), rep(pred), np.repeat(base["pred_token_prob"], r))
-            for key, v in mt.items(): out[key][:, chunk] = v.reshape(B, r)
-    return dict(baseline=base, conditions=out, labels=conds)
+        mask, prefix = flow_blocks(vlm, batch, fl, boxes), prefixes[uptos[fl]]
+        def edit(k0, k1, seg, cols=cols, mask=mask, prefix=prefix):
+            chunk = cols[k0:k1]
+            on = lambda m_: torch.tensor([m_ in blocked[c] for c in chunk], device=mask.device)
+            return knockout(vlm, {m_: condition_blocks(mask, prefix.upto, on(m_), seg)
+                                  for m_ in sorted(set().union(*[blocked[c] for c in chunk]))})
+        m = metrics_numpy(run_conditions(vlm, batch, prefix, base, len(cols), edit, n_rows, segments=True))
+        for key, v in m.items(): out[key][:, cols] = v
+    return dict(baseline=metrics_numpy(base.metrics), conditions=out, labels=conds)
 
 # %% ../nbs/03_ablate.ipynb #50323bbd
 def bootstrap_mean_ci(x, # per-question values
@@ -729,7 +529,6 @@ def scorable(vlm:VLM, df) -> tuple:
 # %% ../nbs/03_ablate.ipynb #fbc69b82
 CEILING_EDITS = {"all_latents_replace": "x -> the SAE's decoding with every latent off, at the ablation positions",
                  "zero_residual": "x -> 0 (the whole residual vector) at the ablation positions"}
-CONTROL_ROLES = ("control", "relation", "readout")
 
 def ablate_inputs(exp:Path) -> list:
     "The experiment files whose bytes step 3's numbers depend on (besides the config)."
@@ -744,8 +543,8 @@ def best_random_on_select(cfg:Config, exp:Path, vlm:VLM, sae, random_sets:list, 
     a, metric = cfg.ablation, cfg.evaluation.primary_metric
     q = select_questions(experiment_questions(cfg, exp))
     q, _ = scorable(vlm, q[q["task"].astype(str) == task].reset_index(drop=True))
-    run = ablate_questions(vlm, q, sae, cfg.model.target_layer, a.position_type, random_sets, a.mode, a.delta_scale,
-                           a.batch_size, chunks=chunks, name=f"select|{a.position_type}|{a.mode}|{float(a.delta_scale)}|{task}")
+    how = SetAblation.of(cfg)
+    run = ablate_questions(vlm, q, sae, how, random_sets, a.batch_size, chunks=chunks, name=f"select|{how.name}|{task}")
     n = len(run["question_id"])
     eff = _effect(metric, run["sets"][metric], run["baseline"][metric]).mean(0) if n else np.zeros(len(random_sets))
     i = int(np.argmin(eff))
@@ -755,7 +554,6 @@ def best_random_on_select(cfg:Config, exp:Path, vlm:VLM, sae, random_sets:list, 
                           f"{n} select {task} questions at {a.position_type} positions" + ("" if n else " (none had them: the first set)"))
 
 def ablate_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reuse (default: open_model(cfg))
-                run_knockout:bool=True, # also run knockout_step (unless it finished with this config)
                ) -> dict:
     "Step 3: ablation of the selected features vs matched random sets, baselines and ceilings on the test split → results/ablation_results.json."
     from binding_sae.sae import load_sae
@@ -767,7 +565,6 @@ def ablate_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reus
     if bad: raise AblationError(f"ablation.baselines has unknown baseline(s) {bad}; choose from {', '.join(BASELINES)}.")
     bad = [r for r in (a.control_tasks or []) if r not in CONTROL_ROLES]
     if bad: raise AblationError(f"ablation.control_tasks has unknown role(s) {bad}; choose from {', '.join(CONTROL_ROLES)}.")
-    if run_knockout and not step_done(exp, "knockout", cfg): check_knockout_attention(cfg)
     catalog = read_step_json(exp / "feature_catalog.json", "identify", AblationError)
     stats = read_step_json(exp / "feature_stats.json", "identify", AblationError)
     selected = [int(i) for i in catalog.get("selected_feature_ids", [])]
@@ -810,12 +607,13 @@ def ablate_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reus
             if df is None or (kind != a.position_type and role == "relation"): continue  # relation has option words
             for task in sorted(df["task"].astype(str).unique()):
                 d = df[df["task"].astype(str) == task].reset_index(drop=True)
-                name = f"{kind}|{a.mode}|{float(a.delta_scale)}|{task}"
-                run = ablate_questions(vlm, d, sae, layer, kind, sets, a.mode, a.delta_scale, a.batch_size, track=selected,
-                                       ceiling=a.ceiling, chunks=store, name=name)
+                how = SetAblation.of(cfg, kind)
+                name = f"{how.name}|{task}"
+                run = ablate_questions(vlm, d, sae, how, sets, a.batch_size, track=selected, ceiling=a.ceiling, chunks=store,
+                                       name=name)
                 ok = d[positions_found(vlm, d, kind)].reset_index(drop=True)
-                pf = per_feature_effects(vlm, ok, sae, layer, kind, selected, run["track"], a.mode, a.delta_scale,
-                                         conditions_per_forward=a.batch_size, chunks=store, name=f"per_feature|{name}") \
+                pf = per_feature_effects(vlm, ok, sae, how, selected, run["track"], conditions_per_forward=a.batch_size,
+                                         chunks=store, name=f"per_feature|{name}") \
                      if role == "binding" and kind == a.position_type else {}
                 conditions.append(condition_record(run, kind, a.mode, a.delta_scale, task, role, rand_sets, pf, baselines=names))
                 conditions[-1]["summary"]["accuracy_by_option_contrast"] = accuracy_by_option_contrast(d, conditions[-1])
@@ -838,9 +636,7 @@ def ablate_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reus
     counts = dict(n_conditions=len(conditions), n_random_sets=len(rand_sets), n_selected=len(selected),
                   n_test_questions=int(sum(len(c["question_id"]) for c in conditions if c["position_type"] == a.position_type)),
                   n_skipped=int(sum(c["n_skipped"] for c in conditions)))
-    mark_done(exp, "ablate", cfg, counts, round(time.time() - t0, 3))  # before the knockout: a failure there keeps this
-    if run_knockout and not step_done(exp, "knockout", cfg):
-        counts["knockout"] = knockout_step(cfg, exp, vlm=vlm)
+    mark_done(exp, "ablate", cfg, counts, round(time.time() - t0, 3))
     return counts
 
 # %% ../nbs/03_ablate.ipynb #6634ba04

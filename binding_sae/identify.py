@@ -25,10 +25,11 @@ __all__ = ['log', 'GROUP_SCORES', 'IdentifyError', 'logprob_correct', 'string_co
            'identify_step', 'logit_diff_direction', 'plant_latents']
 
 # %% ../nbs/02_identify.ipynb #575f87b2
-from .config import Config, UserError, atomic_write_json, config_hash, mark_done
-from .experiment import experiment_questions, questions_for, open_model, encode_questions
-from .vlm import (score_options, score_logits, forward_last, edit_residual, capture, greedy_answers,
-                             answer_matches, prefix_cache, run_suffix, default_upto, option_ids)
+from .config import Config, UserError, atomic_write_json, config_hash
+from .experiment import experiment_questions, questions_for, open_model, encode_questions, mark_done
+from .vlm import (score_options, score_logits, edit_residual, capture, greedy_answers, answer_matches,
+                             option_ids, option_token_ids)
+from .forward import SetAblation, Prefix, prefix_length, run_baseline, run_conditions
 from .sae import load_sae
 
 # %% ../nbs/02_identify.ipynb #837c3d90
@@ -207,80 +208,57 @@ def _set_ablate_fn(sae, base:list, # latents removed in every condition
         return new.to(x.dtype)
     return fn
 
-def _cacheable(batch, cols:torch.Tensor):
-    "The prefix length to cache, or None when an edited position lies inside the image prefix."
-    try: upto = default_upto(batch)
-    except UserError: return None
-    return upto if int(cols.min()) >= upto else None
-
-def set_logit_diffs(vlm, sae, layer:int, batch, positions:tuple, # (rows, cols) absolute indices of the edits
-                    base:list, # latents removed in every condition
+def set_logit_diffs(vlm, sae, how:SetAblation, # where and how the sets are removed
+                    batch, base:list, # latents removed in every condition
                     extra:list, # one condition per entry: `base` plus this latent (−1: `base` alone)
                     true_options:list[str], false_options:list[str],
-                    mode:str="residual", delta_scale:float=1.0,
                     spare:bool=False, # the conditions are `base` without each extra latent (each must be in `base`)
                     max_rows:int=32, # rows (question × condition) per forward
-                    use_cache:bool=True, # reuse the image prefix's KV cache when the edits allow it
                    ) -> tuple:
-    "(change of logit_diff [B, len(extra)], unablated logit_diff [B]) when each condition's set is removed at `positions`."
-    rows, cols = positions
-    B, upto = len(batch), _cacheable(batch, cols) if use_cache else None
-    if upto is None:
-        inputs = batch.model_inputs()
-        def run(c):
-            with torch.no_grad():
-                out = vlm.model(**{k: v.repeat_interleave(c, 0) for k, v in inputs.items()}, use_cache=False, logits_to_keep=1)
-            return out.logits[:, -1].float()
-    else:
-        cache = prefix_cache(vlm, batch, upto)
-        run = lambda c: run_suffix(vlm, batch, cache, upto, repeat=c)
-    base_ld = score_logits(vlm, run(1), true_options, false_options)["logit_diff"]
-    per, out = max(1, max_rows // B), []
-    for a in range(0, len(extra), per):
-        chunk = torch.tensor(list(extra[a:a + per]), dtype=torch.long, device=rows.device); c = len(chunk)
+    "(change of logit_diff [B, len(extra)], unablated logit_diff [B]) when each condition's set is removed at the `how.kind` positions."
+    rows, cols = batch.index(how.kind)
+    prefix = Prefix.build(vlm, batch, prefix_length([cols] + [p["question"] for p in batch.positions]))  # the image prefix
+    base_run = run_baseline(vlm, batch, prefix, option_token_ids(vlm, true_options), option_token_ids(vlm, false_options))
+    def edit(k0, k1, segments):  # the set recomputed from the live activation in every condition, all layers run
+        chunk = torch.tensor(list(extra[k0:k1]), dtype=torch.long, device=rows.device); c = len(chunk)
         r = torch.cat([rows * c + k for k in range(c)]); cl = cols.repeat(c)
-        fn = _set_ablate_fn(sae, base, chunk.repeat_interleave(len(rows)), mode, delta_scale, spare)
-        with edit_residual(vlm, layer, fn=fn, positions=(r, cl)): logits = run(c)
-        rep = lambda xs: [x for x in xs for _ in range(c)]
-        ld = score_logits(vlm, logits, rep(true_options), rep(false_options))["logit_diff"].view(B, c)
-        out.append(ld - base_ld[:, None])
-    return torch.cat(out, 1), base_ld
+        fn = _set_ablate_fn(sae, base, chunk.repeat_interleave(len(rows)), how.mode, how.delta_scale, spare)
+        return edit_residual(vlm, how.layer, fn=fn, positions=(r, cl))
+    ld = run_conditions(vlm, batch, prefix, base_run, len(extra), edit, max_rows, segments=False)["logit_diff"]
+    base_ld = base_run.metrics["logit_diff"]
+    return ld - base_ld[:, None], base_ld
 
-def patched_logit_diffs(vlm, sae, layer:int, batch, positions:tuple, feature_ids:list[int],
-                        true_options:list[str], false_options:list[str],
+def patched_logit_diffs(vlm, sae, layer:int, batch, kind:str, # the edited positions
+                        feature_ids:list[int], true_options:list[str], false_options:list[str],
                         max_rows:int=32, # rows per forward
-                        use_cache:bool=True, # reuse the image prefix's KV cache when the edits allow it
                        ) -> torch.Tensor:
-    "Change of logit_diff [B, len(feature_ids)] when each latent alone is removed at `positions` (residual mode)."
-    return set_logit_diffs(vlm, sae, layer, batch, positions, [], feature_ids, true_options, false_options,
-                           max_rows=max_rows, use_cache=use_cache)[0]
+    "Change of logit_diff [B, len(feature_ids)] when each latent alone is removed at the `kind` positions (residual mode)."
+    return set_logit_diffs(vlm, sae, SetAblation(layer, kind), batch, [], feature_ids, true_options, false_options,
+                           max_rows=max_rows)[0]
 
 def distinct_first_tokens(vlm, true_options:list[str], false_options:list[str]) -> np.ndarray:
     "Bool per question: the two options start with different tokens (else the first-token logit_diff is 0 by construction)."
     return np.array([t[0] != f[0] for t, f in zip(option_ids(vlm, true_options), option_ids(vlm, false_options))], dtype=bool)
 
-def set_effects(vlm, sae, questions:pd.DataFrame, layer:int,
+def set_effects(vlm, sae, questions:pd.DataFrame, how:SetAblation,
                 base:list, extra:list, # conditions as in `set_logit_diffs`
-                position_type:str="attribute", # positions edited
-                mode:str="residual", delta_scale:float=1.0,
                 batch_size:int=32, # questions per prefix batch
                 max_rows:int|None=None, # rows (question × condition) per forward (default: batch_size)
                 spare:bool=False, # conditions are `base` without each extra latent
                ) -> dict:
-    "Per-question change [n, len(extra)] and baseline [n] over the questions with `position_type` positions and distinct first option tokens."
+    "Per-question change [n, len(extra)] and baseline [n] over the questions with `how.kind` positions and distinct first option tokens."
     change, baseline, keep = [], [], []
     for sl in tqdm(_slices(len(questions), batch_size), desc="identify: ablate", leave=False):
         part = questions.iloc[sl]
         t, f = part["true option"].astype(str).tolist(), part["false option"].astype(str).tolist()
         batch = encode_questions(vlm, part, pad_at="question")
-        ok = np.array([len(p[position_type]) > 0 for p in batch.positions]) & distinct_first_tokens(vlm, t, f)
+        ok = np.array([len(p[how.kind]) > 0 for p in batch.positions]) & distinct_first_tokens(vlm, t, f)
         if not ok.any(): continue
-        d, b = set_logit_diffs(vlm, sae, layer, batch, batch.index(position_type), base, extra, t, f, mode, delta_scale,
-                               spare, max_rows=max_rows or batch_size)
+        d, b = set_logit_diffs(vlm, sae, how, batch, base, extra, t, f, spare, max_rows=max_rows or batch_size)
         m = torch.from_numpy(ok).to(d.device)
         change.append(d[m].cpu()); baseline.append(b[m].cpu()); keep += [sl.start + i for i in np.flatnonzero(ok)]
     if not keep:
-        raise IdentifyError(f"None of the {len(questions)} select questions has {position_type!r} positions and two options "
+        raise IdentifyError(f"None of the {len(questions)} select questions has {how.kind!r} positions and two options "
                             "that start with different tokens: choose another ablation.position_type or other task_types.")
     return {"change": torch.cat(change).numpy().astype(np.float64), "baseline": torch.cat(baseline).numpy().astype(np.float64),
             "index": np.array(keep)}
@@ -288,7 +266,7 @@ def set_effects(vlm, sae, questions:pd.DataFrame, layer:int,
 def verify_features(vlm, sae, questions:pd.DataFrame, layer:int, feature_ids:list[int],
                     position_type:str="attribute", batch_size:int=32) -> np.ndarray:
     "Per-question change of logit_diff [scored questions, features] when each latent alone is ablated (residual mode)."
-    return set_effects(vlm, sae, questions, layer, [], list(feature_ids), position_type, batch_size=batch_size)["change"]
+    return set_effects(vlm, sae, questions, SetAblation(layer, position_type), [], list(feature_ids), batch_size)["change"]
 
 # %% ../nbs/02_identify.ipynb #9f03a37e
 def rank_features(score:np.ndarray, # configured score per latent (larger = better)
@@ -539,8 +517,8 @@ def select_sets(cfg:Config, vlm, sae, questions:pd.DataFrame, s:dict, eligible:n
         s["verified"] = {j: float(e) for j, e in zip(pool, effects.mean(0))}
         order = rank_features(s["score"], eligible, s["verified"] if fi.score == "binding" else None)[:fi.top_k]
         return order, pool, {"n_random_pool": n_pool}
-    run = lambda base, extra, spare=False: set_effects(vlm, sae, questions, layer, base, extra, a.position_type, a.mode,
-                                                       a.delta_scale, fi.batch_size, spare=spare)
+    run = lambda base, extra, spare=False: set_effects(vlm, sae, questions, SetAblation.of(cfg), base, extra, fi.batch_size,
+                                                       spare=spare)
     change = lambda base, extra, spare=False: run(base, extra, spare)["change"]
     if fi.selection == "backward":
         g = backward_selection(change, pool, fi.top_k)
