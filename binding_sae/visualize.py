@@ -470,8 +470,12 @@ def _ablation_html(entries:list, question_text:dict, n_bars:int=8) -> str:
                    f'<td class="num">{len(e["effect"])}</td>{_effect_cell(e)}</tr>' for e in entries)
     h = headline_effect(entries)
     scale = max([abs(v) for v in h["effect"]] + [1e-12])
+    pairs = sorted(zip(h["question_id"], h["effect"]), key=lambda qv: -abs(qv[1]))  # the largest effects first
+    shown = pairs[:n_bars]
+    which = (f"its {len(pairs)} test questions" if len(shown) == len(pairs)
+             else f"the {len(shown)} of its {len(pairs)} test questions with the largest |Δ|")
     bars = []
-    for q, v in list(zip(h["question_id"], h["effect"]))[:n_bars]:
+    for q, v in shown:
         w = 50 * abs(v) / scale
         style = f"left:{50 - w:.1f}%;width:{w:.1f}%" if v < 0 else f"left:50%;width:{w:.1f}%"
         text = html.escape(question_text.get(q, q))
@@ -479,7 +483,7 @@ def _ablation_html(entries:list, question_text:dict, n_bars:int=8) -> str:
                     f'style="{style}"></div></div></td><td class="num {"neg" if v < 0 else "pos"}">{_g(v, signed=True)}</td></tr>')
     return (f'<div class="ablation"><h3>Ablating it alone: mean Δ {html.escape(h["metric"])} per condition</h3>'
             f'<table class="abl"><tr><th>condition</th><th>role</th><th>questions</th><th>mean Δ</th></tr>{rows}</table>'
-            f'<h3>… on its top test questions ({html.escape(h["condition"])})</h3><table class="abl">'
+            f'<h3>… on {which} ({html.escape(h["condition"])})</h3><table class="abl">'
             f'<tr><th>question</th><th style="text-align:center">← hurts · 0 · helps →</th><th>Δ</th></tr>{"".join(bars)}</table></div>')
 
 def _spells(tokens:list, question:str) -> bool:

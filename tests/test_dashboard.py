@@ -2,10 +2,10 @@
 
 Builds a fixture experiment (binding_sae.visualize.write_fixture_experiment), runs visualize_step, and checks that the
 page loads without console errors, states the verdict first (in words, with the bar and every check), shows at least
-the catalog's number of feature rows, reads "what it tracks" against base rates, embeds every image, fetches nothing
-from the network, sorts its table, and leaves a screenshot in tests/artifacts/dashboard.png (not committed).
+the catalog's number of feature rows, reads "what it tracks" against base rates, lists as many test questions per
+panel as it says, embeds every image, fetches nothing from the network, sorts its table, and leaves a screenshot in tests/artifacts/dashboard.png (not committed).
 """
-import json, os, shutil, tempfile
+import json, os, re, shutil, tempfile
 from pathlib import Path
 
 import pytest
@@ -76,6 +76,12 @@ def test_dashboard_in_chromium(dashboard, browser):
 
     rows = browser.find_elements("css selector", "table#features tbody tr")
     assert len(rows) >= n_catalog == counts["n_features"]
+    # each panel says how many test questions its ablation list shows, and shows that many
+    for panel in browser.find_elements("css selector", "section.panel"):
+        said = [re.search(r"on (?:its (\d+)|the (\d+) of its \d+) test questions", h.text)
+                for h in panel.find_elements("css selector", ".ablation h3") if h.text.startswith("… on ")]
+        assert len(said) == 1 and said[0], [h.text for h in panel.find_elements("css selector", ".ablation h3")]
+        assert int(said[0].group(1) or said[0].group(2)) == len(panel.find_elements("css selector", ".ablation .barwrap"))
     assert len(browser.find_elements("css selector", "section.panel")) == n_catalog
     # every image is embedded and decoded; nothing points at the network
     imgs = browser.execute_script("return Array.from(document.images).map(i => [i.src.slice(0, 5), i.complete && i.naturalWidth > 0])")
