@@ -81,9 +81,9 @@ def _ipc_kernel_manager():
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
     return IPCKernelManager
 
-def _run_papermill(step:Step, cfg:Config, exp:Path, overrides:dict) -> dict:
+def _run_papermill(step:Step, cfg:Config, exp:Path, overrides:dict, nbs:Path|None=None) -> dict:
     import papermill as pm
-    nbs = notebooks_dir()
+    nbs = nbs or notebooks_dir()
     if nbs is None: raise UserError("The step notebooks are not installed here (a wheel install): use --engine direct.")
     out = exp / "notebooks" / step.notebook
     out.parent.mkdir(parents=True, exist_ok=True)
