@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['logger', 'SPECIAL_TOKENS', 'PROMPT_TEMPLATE', 'IMAGE_SIZE', 'PATCH', 'N_IMAGE_TOKENS', 'PREFIX_LEN', 'PROBE_FAMILIES',
-           'KNOCKOUT_FLOWS', 'build_tokenizer', 'build_processor', 'build_toy_llava', 'pixel_values', 'patch_features',
-           'render_pool', 'patch_labels', 'pretrain_vision', 'Sequencer', 'BatchStream', 'fast_logits', 'answer_rows',
-           'route_blocks', 'routed_mask', 'route_p', 'eval_questions', 'score_questions', 'family_accuracy', 'save_toy',
-           'load_toy', 'toy_train', 'toy_eval_scores', 'toy_eval', 'knockout_profile', 'toy_train_cli', 'toy_eval_cli']
+__all__ = ['logger', 'SPECIAL_TOKENS', 'PROMPT_TEMPLATE', 'IMAGE_SIZE', 'PATCH', 'N_IMAGE_TOKENS', 'SCENE_FAMILIES', 'PREFIX_LEN',
+           'PROBE_FAMILIES', 'KNOCKOUT_FLOWS', 'build_tokenizer', 'build_processor', 'build_toy_llava', 'pixel_values',
+           'patch_features', 'render_pool', 'patch_labels', 'pretrain_vision', 'Sequencer', 'BatchStream',
+           'fast_logits', 'answer_rows', 'question_rows', 'route_blocks', 'routed_mask', 'training_blocks', 'route_p',
+           'eval_questions', 'score_questions', 'family_accuracy', 'save_toy', 'load_toy', 'toy_train',
+           'toy_eval_scores', 'toy_eval', 'knockout_profile', 'toy_train_cli', 'toy_eval_cli']
 
 # %% ../nbs/14_toy.ipynb #28b478e1
 from tokenizers import Tokenizer, models as tk_models, normalizers, pre_tokenizers, processors
@@ -26,7 +27,7 @@ from transformers import CLIPImageProcessorPil
 
 # %% ../nbs/14_toy.ipynb #0127fec4
 from .config import UserError, atomic_path, atomic_write_json
-from .world import (FAMILIES, world_vocabulary, split_words, scene_rng, sample_scene, render_scene,
+from .world import (FAMILIES, SINGLE_FAMILIES, world_vocabulary, split_words, scene_rng, sample_scene, render_scene,
                                scene_questions, scene_caption, world_scenes)
 
 # %% ../nbs/14_toy.ipynb #4664b268
@@ -102,17 +103,20 @@ def patch_features(model, pv:torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/14_toy.ipynb #d2cb35f7
 def _render(args):
-    seed, start, stop, stream = args
-    scenes = [sample_scene(scene_rng(seed, i, stream), f'{stream}{seed}_{i}') for i in range(start, stop)]
+    seed, start, stop, stream, n_objects = args
+    scenes = [sample_scene(scene_rng(seed, i, stream), f'{stream}{seed}_{i}', *n_objects) for i in range(start, stop)]
     return scenes, np.stack([np.asarray(render_scene(s)) for s in scenes])
 
 def render_pool(n:int, # number of scenes
                 seed:int, # pool seed
                 stream:str='train', # random stream (never 'world', which `make_world` and `toy_eval` use)
                 workers:int=1, # processes
+                n_single:int=0, # of the `n`, this many single-object scenes (their own stream `<stream>_single`, last)
                ) -> tuple:
     "Sample and render `n` scenes: `(scenes, uint8 tensor [n, 64, 64, 3])`."
-    chunks = [(seed, a, min(n, a + 2000), stream) for a in range(0, n, 2000)]
+    if not 0 <= n_single <= n: raise UserError(f'n_single must lie in [0, {n}], got {n_single}.')
+    chunks = [(seed, a, min(n - n_single, a + 2000), stream, (2, 4)) for a in range(0, n - n_single, 2000)]
+    chunks += [(seed, a, min(n_single, a + 2000), f'{stream}_single', (1, 1)) for a in range(0, n_single, 2000)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as ex: parts = list(ex.map(_render, chunks))
     else: parts = [_render(c) for c in chunks]
@@ -166,6 +170,8 @@ def pretrain_vision(model, images:torch.Tensor, labels:torch.Tensor, steps:int=1
     return dict(patch=patch, left_right=rel)
 
 # %% ../nbs/14_toy.ipynb #355393a4
+SCENE_FAMILIES = {False: FAMILIES, True: SINGLE_FAMILIES + ('control',)}  # asked about a scene: multi-object, single-object
+
 class Sequencer:
     "Token ids and loss masks for captions and multi-turn QA about pool scenes (word → id lookup)."
     def __init__(self, tokenizer, turns:int=3):
@@ -178,7 +184,7 @@ class Sequencer:
         ids = self.encode(scene_caption(scene, rng))
         return ids, ids
     def qa(self, scene, rng):
-        qs = scene_questions(scene, rng); rng.shuffle(qs)
+        qs = scene_questions(scene, rng, SCENE_FAMILIES[len(scene['objects']) == 1]); rng.shuffle(qs)
         ids, labels = [], []
         for q in qs[:self.turns]:
             p, a = self.prompt(q['question']), self.encode(q['answer'])
@@ -234,6 +240,15 @@ def answer_rows(labels:torch.Tensor, # [B, T] training labels (-100 = no loss), 
         rows[:, :-1] |= last[:, 1:]                        # ... and the word before it (`answer`)
     return rows & is_qa[:, None]
 
+def question_rows(labels:torch.Tensor, # [B, T] training labels (`Sequencer.batch`)
+                  attention_mask:torch.Tensor, # [B, T] key padding (1 = token)
+                  answer_word:bool=True, # the word `answer` counts as an answer row (as in `answer_rows`)
+                 ) -> torch.Tensor:
+    "Bool [B, T]: the text rows of a QA sequence that are not answer rows (`answer_rows`): the question tokens of every turn."
+    rows = answer_rows(labels, answer_word)
+    text = attention_mask.bool().clone(); text[:, :PREFIX_LEN] = False
+    return text & ~rows & rows.any(1, keepdim=True)
+
 def route_blocks(rows:torch.Tensor, # [B, T] bool rows to cut off from the image (`answer_rows`)
                 ) -> torch.Tensor:
     "Bool [B, T, T] in the knockout convention (True = target row may not attend to source column): `rows` × image columns."
@@ -251,6 +266,17 @@ def routed_mask(attention_mask:torch.Tensor, # [B, T] key padding (1 = token)
     if dtype == torch.bool: return m
     return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, torch.finfo(dtype).min)
 
+def training_blocks(labels:torch.Tensor, # [B, T] training labels
+                    attention_mask:torch.Tensor, # [B, T] key padding
+                    routed:torch.Tensor, # [B] bool: sequences whose answer rows are cut off the image
+                    single:torch.Tensor, # [B] bool: single-object scenes, whose question rows are cut off instead
+                    answer_word:bool=True, # also the word `answer` (see `answer_rows`)
+                   ) -> torch.Tensor:
+    "Blocked pairs [B, T, T]: answer rows × image for `routed` multi-object QA; for single-object QA every text row but the last prompt token and the answers."
+    rows = answer_rows(labels, answer_word) & (routed & ~single)[:, None]
+    rows |= question_rows(labels, attention_mask, answer_word=False) & single[:, None]  # the word `answer` too: no side route
+    return route_blocks(rows)
+
 def route_p(step:int, steps:int, p_early:float, p_late:float, switch:float) -> float:
     "Share of QA sequences routed at `step`: `p_early` for the first `switch` fraction of the steps, then `p_late`."
     return p_early if step < switch * steps else p_late
@@ -260,12 +286,16 @@ def route_p(step:int, steps:int, p_early:float, p_late:float, switch:float) -> f
 def eval_questions(n:int, # number of fresh scenes
                    seed:int, # world seed of the scenes
                    stream:str='world', # random stream
+                   n_single:int=None, # fresh single-object scenes with a `color_single` question (None = n // 10)
                   ) -> tuple:
-    "Questions (one per family per scene) and images of `n` fresh world scenes: `(rows, images)`."
+    "Questions (one per family per scene) and images of `n` fresh world scenes and `n_single` single-object ones: `(rows, images)`."
+    n_single = n // 10 if n_single is None else n_single
     rows, images = [], {}
-    for scene, rng in world_scenes(n, seed, stream=stream):
-        images[scene['img_id']] = render_scene(scene)
-        for q in scene_questions(scene, rng): rows.append(dict(q, img_id=scene['img_id']))
+    for fams, scenes in ((FAMILIES, world_scenes(n, seed, stream=stream)),
+                         (SINGLE_FAMILIES, world_scenes(n_single, seed, 1, 1, stream=f'{stream}_single', prefix='s'))):
+        for scene, rng in scenes:
+            images[scene['img_id']] = render_scene(scene)
+            for q in scene_questions(scene, rng, fams): rows.append(dict(q, img_id=scene['img_id']))
     return rows, images
 
 # %% ../nbs/14_toy.ipynb #3f117e75
@@ -293,7 +323,7 @@ def score_questions(model, processor, rows:list, images:dict, batch_size:int=256
 def family_accuracy(scores:list, key:str='logit') -> dict:
     "Accuracy per family: `key='logit'` (true beats false) or `'greedy'` (argmax is the true option)."
     acc = {}
-    for fam in FAMILIES:
+    for fam in FAMILIES + SINGLE_FAMILIES:
         s = [x for x in scores if x['family'] == fam]
         if s: acc[fam] = float(np.mean([(x['logit_diff'] > 0) if key == 'logit' else x['greedy'] for x in s]))
     return acc
@@ -357,9 +387,11 @@ PROBE_FAMILIES = ('binding_choose', 'relation')
 # %% ../nbs/14_toy.ipynb #81ae7b0e
 def _train_once(seed, steps, device, pool_size, batch_size, lr, warmup, decay_fraction, vision_steps, probe_step,
                 probe_min, workers, log_every, model_kw, route=None):
-    "One training run; `route` = dict(p_early, p_late, switch, answer_word) turns on knockout augmentation."
+    "One training run; `route` = dict(p_early, p_late, switch, answer_word, single_fraction) turns on knockout augmentation."
     t0 = time.time()
-    scenes, images = render_pool(pool_size, seed, 'train', workers)  # before CUDA is initialised (forks)
+    n_single = round(pool_size * route.get('single_fraction', 0.0)) if route else 0
+    scenes, images = render_pool(pool_size, seed, 'train', workers, n_single)  # before CUDA is initialised (forks)
+    is_single = torch.tensor([len(s['objects']) == 1 for s in scenes], device=device)
     model, processor = build_toy_llava(seed=seed, **model_kw)
     model.to(device)
     vacc = pretrain_vision(model, images, patch_labels(scenes), steps=vision_steps, seed=seed)
@@ -387,8 +419,10 @@ def _train_once(seed, steps, device, pool_size, batch_size, lr, warmup, decay_fr
             p = route_p(step, steps, route['p_early'], route['p_late'], route['switch'])
             rows = answer_rows(labels, route['answer_word'])
             qa = rows.any(1); on = qa & (torch.rand(len(qa), generator=gen, device=device) < p)
-            routed['qa'] += int(qa.sum()); routed['blocked'] += int(on.sum())
-            mask = routed_mask(att, route_blocks(rows & on[:, None]))
+            single = is_single[idx]
+            routed['qa'] += int((qa & ~single).sum()); routed['blocked'] += int((on & ~single).sum())
+            routed['single_qa'] = routed.get('single_qa', 0) + int((qa & single).sum())
+            mask = routed_mask(att, training_blocks(labels, att, on, single, route['answer_word']))
             if check is None:  # the 4-D path with nothing blocked must give the plain path's logits
                 model.eval()
                 with torch.no_grad():
@@ -410,7 +444,8 @@ def _train_once(seed, steps, device, pool_size, batch_size, lr, warmup, decay_fr
             if step + 1 == probe_step and min(probe.values()) < probe_min:
                 return None, None, dict(seed=seed, plateau_at=step + 1, probe=probe, history=history)
     model.eval()
-    extra = dict(routed_qa_sequences=routed['blocked'], qa_sequences=routed['qa'], mask_check_max_abs_dlogit=check) if route else {}
+    extra = dict(routed_qa_sequences=routed['blocked'], qa_sequences=routed['qa'], mask_check_max_abs_dlogit=check,
+                 **({'single_object_qa_sequences': routed['single_qa']} if n_single else {})) if route else {}
     return model, processor, dict(seed=seed, vision_accuracy=vacc, history=history, time_s=time.time() - t0, **extra)
 
 # %% ../nbs/14_toy.ipynb #3200a84e
@@ -435,6 +470,7 @@ def toy_train(out_dir:str|Path='models/toy_llava', # checkpoint folder to write
               route_p_late:float=None, # share after `route_switch` (default: `route_p_early`)
               route_switch:float=1.0, # fraction of the steps trained with `route_p_early`
               route_answer_word:bool=True, # also cut the template word `answer` off from the image
+              single_fraction:float=0.0, # share of the training pool that are single-object scenes, answered directly
               knockout_n:int=0, # fresh scenes for a knockout profile in the record (0 = none)
               knockout_seed:int=7, # their world seed
               command:str=None, # the command line to record (default: the equivalent toy-train call)
@@ -444,12 +480,14 @@ def toy_train(out_dir:str|Path='models/toy_llava', # checkpoint folder to write
     from binding_sae.config import resolve_device
     device = resolve_device(device)
     workers = workers or min(16, os.cpu_count() or 1)
-    for k, v in dict(route_p_early=route_p_early, route_p_late=route_p_late, route_switch=route_switch).items():
+    for k, v in dict(route_p_early=route_p_early, route_p_late=route_p_late, route_switch=route_switch,
+                     single_fraction=single_fraction).items():
         if v is not None and not 0 <= v <= 1: raise UserError(f'--{k} must lie in [0, 1], got {v}.')
     if knockout_n < 0: raise UserError(f'--knockout_n must be at least 0, got {knockout_n}.')
     route_p_late = route_p_early if route_p_late is None else route_p_late
-    route = (dict(p_early=route_p_early, p_late=route_p_late, switch=route_switch, answer_word=bool(route_answer_word))
-             if route_p_early > 0 or route_p_late > 0 else None)
+    route = (dict(p_early=route_p_early, p_late=route_p_late, switch=route_switch, answer_word=bool(route_answer_word),
+                  **({'single_fraction': single_fraction} if single_fraction else {}))
+             if route_p_early > 0 or route_p_late > 0 or single_fraction > 0 else None)
     t0, attempts = time.time(), []
     for k in range(max_restarts + 1):
         last = k == max_restarts  # the last attempt trains to the end whatever its probe says
@@ -467,7 +505,8 @@ def toy_train(out_dir:str|Path='models/toy_llava', # checkpoint folder to write
                 decay_fraction=decay_fraction, vision_steps=vision_steps, probe_step=probe_step, probe_min=probe_min,
                 max_restarts=max_restarts, eval_n=eval_n, eval_seed=eval_seed, workers=workers, log_every=log_every,
                 **(dict(route_p_early=route_p_early, route_p_late=route_p_late, route_switch=route_switch,
-                        route_answer_word=bool(route_answer_word)) if route else {}), **model_kw)
+                        route_answer_word=bool(route_answer_word)) if route else {}),
+                **({'single_fraction': single_fraction} if single_fraction else {}), **model_kw)
     record = dict(
         seed_used=rec['seed'], steps=steps, train_time_s=round(train_time, 1), device=str(device),
         n_parameters=sum(p.numel() for p in model.parameters()), arguments=args,
@@ -480,10 +519,13 @@ def toy_train(out_dir:str|Path='models/toy_llava', # checkpoint folder to write
         versions=dict(torch=torch.__version__, transformers=__import__('transformers').__version__))
     if route: record['route'] = dict(route, description='in a share p of the QA sequences the answer rows (answer tokens, '
                                      "the last prompt token, the word 'answer') may not attend to the image tokens, in every "
-                                     'layer; p = p_early for the first `switch` fraction of the steps, then p_late; captions never')
+                                     'layer; p = p_early for the first `switch` fraction of the steps, then p_late; captions never'
+                                     + ('; in the QA sequences of the single-object scenes (single_fraction of the pool) the '
+                                        'question rows may not attend to the image instead, always' if single_fraction else ''))
     save_toy(model, processor, out_dir, record)
     if knockout_n:
         record['knockout'] = knockout_profile(out_dir, knockout_n, knockout_seed)
+        record['knockout_single'] = knockout_profile(out_dir, knockout_n, knockout_seed, family='color_single')
         atomic_write_json(Path(out_dir) / 'training_record.json', record)
     logger.info('trained in %.0f s; held-out accuracy %s', train_time, acc)
     return record
@@ -521,13 +563,14 @@ def knockout_profile(model_dir:str|Path='models/toy_llava', # checkpoint folder
                      batch_size:int=32, # questions per knockout batch
                      n_bootstrap:int=1000, # bootstrap resamples of the CIs
                     ) -> dict:
-    "Attention-knockout sweep on fresh scenes: per flow and layer the mean % change of the predicted token's probability (correct questions)."
-    from binding_sae.vlm import load_vlm, choose_option_variant
-    from binding_sae.ablate import knockout_batch, option_token_ids, bootstrap_mean_ci
+    "Knockout sweep on fresh scenes: per flow, the mean % change of the predicted token's probability per layer and in all layers at once (correct questions)."
+    from binding_sae.vlm import load_vlm, choose_option_variant, option_token_ids
+    from binding_sae.ablate import knockout_batch, bootstrap_mean_ci
     if n < 1: raise UserError(f'--knockout_n must be at least 1, got {n}.')
-    if family not in FAMILIES: raise UserError(f'Unknown question family {family!r}; use one of {FAMILIES}.')
+    if family not in FAMILIES + SINGLE_FAMILIES:
+        raise UserError(f'Unknown question family {family!r}; use one of {FAMILIES + SINGLE_FAMILIES}.')
     vlm = load_vlm(str(model_dir), dtype='float32', device=device, attn_implementation='eager')
-    rows, images = eval_questions(n, seed)
+    rows, images = eval_questions(0, seed, n_single=n) if family in SINGLE_FAMILIES else eval_questions(n, seed)
     rows = [r for r in rows if r['type_detailed'] == family]
     enc = lambda rb: vlm.encode([r['question'] for r in rb], [images[r['img_id']] for r in rb],
                                 [(r['true_option'], r['false_option']) for r in rb], pad_at='question')
@@ -538,7 +581,8 @@ def knockout_profile(model_dir:str|Path='models/toy_llava', # checkpoint folder
     pct, base_ok = [], []
     for a in range(0, len(rows), batch_size):
         rb = rows[a:a + batch_size]
-        r = knockout_batch(vlm, enc(rb), list(flows), layers, window, opts(rb, 'true_option'), opts(rb, 'false_option'))
+        r = knockout_batch(vlm, enc(rb), list(flows), layers, window, opts(rb, 'true_option'), opts(rb, 'false_option'),
+                           cumulative={fl: layers for fl in flows})
         ok = r['baseline']['correct'] > 0
         pct.append(r['conditions']['pct_change_pred_token_prob'][ok]); base_ok.append(ok)
     pct = np.concatenate(pct)
@@ -547,7 +591,8 @@ def knockout_profile(model_dir:str|Path='models/toy_llava', # checkpoint folder
         cols = pct[:, j * len(layers):(j + 1) * len(layers)]
         cis = [bootstrap_mean_ci(cols[:, k], n_bootstrap, seed=k) for k in range(len(layers))]
         curves[fl] = dict(layers=layers, mean_pct_change=[round(float(v), 3) for v in cols.mean(0)],
-                          ci_low=[round(c[0], 3) for c in cis], ci_high=[round(c[1], 3) for c in cis])
+                          ci_low=[round(c[0], 3) for c in cis], ci_high=[round(c[1], 3) for c in cis],
+                          all_layers=round(float(pct[:, len(flows) * len(layers) + j].mean()), 3))  # blocked in every layer at once
     return dict(n_scenes=n, seed=seed, family=family, window=window, n_questions=len(rows), n_correct=int(len(pct)),
                 baseline_accuracy=float(np.concatenate(base_ok).mean()), curves=curves,
                 metric='mean % change of the baseline-predicted token probability (correct questions, fp32, eager)')
@@ -571,6 +616,8 @@ def toy_train_cli(argv:list=None):
     p.add_argument('--route_p_late', type=float, default=None, help='that share after --route_switch (default: --route_p_early)')
     p.add_argument('--route_switch', type=float, default=1.0, help='fraction of the steps trained with --route_p_early')
     p.add_argument('--route_answer_word', type=int, default=1, choices=(0, 1), help="1 = also cut the word 'answer' off the image")
+    p.add_argument('--single_fraction', type=float, default=0.0,
+                   help='share of the training pool that are single-object scenes, whose question rows may not see the image')
     p.add_argument('--knockout_n', type=int, default=0, help='fresh scenes for a knockout profile in the training record')
     p.add_argument('--knockout_seed', type=int, default=7)
     a = p.parse_args(argv)
@@ -596,10 +643,13 @@ def toy_eval_cli(argv:list=None):
         g = family_accuracy(scores, 'greedy')
         for k in acc: print(f'{k:16s} {acc[k]:.4f}  (greedy {g[k]:.4f})')
     if a.knockout_n:
-        kp = knockout_profile(a.model, a.knockout_n, a.knockout_seed, device=a.device)
+        kps = {f: knockout_profile(a.model, a.knockout_n, a.knockout_seed, family=f, device=a.device)
+               for f in ('binding_choose', 'color_single')}
         if not a.json:
-            for fl, c in kp['curves'].items(): print(f'{fl:16s} ' + ' '.join(f'L{l} {v:+.1f}%' for l, v in zip(c['layers'], c['mean_pct_change'])))
-        print(json.dumps(dict(knockout=kp), sort_keys=True))
+            for f, kp in kps.items():
+                for fl, c in kp['curves'].items():
+                    print(f'{f:15s} {fl:16s} ' + ' '.join(f'L{l} {v:+.1f}%' for l, v in zip(c['layers'], c['mean_pct_change'])))
+        print(json.dumps(dict(knockout=kps['binding_choose'], knockout_single=kps['color_single']), sort_keys=True))
     print(json.dumps(acc, sort_keys=True))
     return acc
 
