@@ -14,9 +14,10 @@ __all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'MODEL_STEPS', 'CSV_K
            'folder_problem', 'check_inputs', 'run_pipeline', 'run_summary']
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
-from .config import (Config, UserError, load_config, config_hash, resolve_experiment_dir, prepare_experiment,
-                                step_done, atomic_write_json, package_versions, project_root, check_experiment_dir,
-                                experiment_lock, config_from_dict, read_yaml, read_step_json, MODEL_ALIASES)
+from .config import (Config, UserError, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
+                                project_root, config_from_dict, read_yaml, MODEL_ALIASES)
+from .experiment import (prepare_experiment, step_done, package_versions, check_experiment_dir, experiment_lock,
+                                    read_step_json)
 
 # %% ../nbs/15_pipeline.ipynb #72d7f407
 log = logging.getLogger(__name__)
