@@ -16,8 +16,8 @@ __all__ = ['log', 'SPECIFICITY_CHECKS', 'PRIMARY_FIELDS', 'seed_overrides', 'ver
            'replicate_overrides', 'replicate', 'validate']
 
 # %% ../nbs/19_validation.ipynb #dec83b64
-from .config import load_config, atomic_write_json, read_step_json, UserError
-from .experiment import experiment_questions, questions_for, open_model
+from .config import load_config, atomic_write_json, UserError
+from .experiment import experiment_questions, questions_for, open_model, read_step_json
 from .pipeline import run_pipeline
 from .sae import load_sae, save_sae, make_sae
 from .world import GRID
@@ -121,7 +121,7 @@ def random_sae(sae, # a trained SAE (binding_sae.sae)
 
 # %% ../nbs/19_validation.ipynb #ad66c235
 def _run(config_path, exp, overrides, **kw) -> dict:
-    run_pipeline(config_path, experiment_dir=exp, steps="train,identify,ablate,analyze", engine="direct", overrides=overrides, **kw)
+    run_pipeline(config_path, experiment_dir=exp, steps="train,identify,ablate,knockout,analyze", engine="direct", overrides=overrides, **kw)
     return json.loads((Path(exp) / "analysis" / "hypothesis_report.json").read_text())
 
 def random_sae_run(config_path, exp_trained, out_exp, overrides:dict|None=None, seed:int=0) -> dict:
