@@ -11,8 +11,7 @@ from pathlib import Path
 __all__ = ['TOY_COMMANDS', 'show_defaults', 'toy_train_parser', 'toy_eval_parser', 'build_parser', 'main']
 
 # %% ../nbs/16_cli.ipynb #8b78fb33
-from .config import UserError, load_config, resolve_experiment_dir
-from .pipeline import StepFailed
+from .config import UserError, load_config, resolve_experiment_dir  # light: the steps are imported when they run
 
 # %% ../nbs/16_cli.ipynb #a7c7ca12
 def _overrides(pairs) -> dict:
@@ -187,6 +186,7 @@ def main(argv:list[str]|None=None) -> int:
     return _guard(lambda: handler(a))
 
 def _guard(fn) -> int:
+    from binding_sae.pipeline import StepFailed  # after argument parsing: --help never imports the steps
     try:
         rc = fn()
         return rc if isinstance(rc, int) else 0
