@@ -4,19 +4,18 @@
 
 # %% ../nbs/04_analyze.ipynb #b9c3d4b6
 from __future__ import annotations
-import inspect, json, logging, math, re, time
+import inspect, json, logging, math, re
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['log', 'METRICS', 'CONTROL_ROLES', 'READOUT_ROLE', 'BASELINES', 'CEILINGS', 'TINY', 'SPECIFICITY_FLOOR',
            'NOT_COMPARABLE_FLOOR', 'NOT_COMPARABLE_FRACTION', 'MIN_ANSWER_VALUES', 'MIN_POOL_FACTOR', 'REQUIRED_CHECKS',
-           'CONDITION_KEYS', 'PRIMARY_KEYS', 'SYNTHETIC_CONDITIONS', 'BASELINE_SHIFTS', 'SYNTHETIC_COLORS',
-           'paired_one_sided', 'd_z', 'clustered_bootstrap_ci', 'permutation_p', 'holm', 'relative_drop', 'specificity',
-           'AnalysisError', 'check_ablation_results', 'compare_baselines', 'answer_breakdown', 'analyze_condition',
-           'add_specificity', 'matching_check', 'verdict_checks', 'add_verdict', 'summarize_knockout',
-           'knockout_recovery', 'headline', 'build_report', 'synthetic_matching', 'synthetic_ablation_results',
-           'save_png', 'plot_null', 'plot_forest', 'plot_knockout', 'plot_training_curves',
-           'write_synthetic_experiment', 'analyze', 'analyze_from_config', 'analyze_step']
+           'CONDITION_KEYS', 'PRIMARY_KEYS', 'RECORD_KEYS', 'paired_one_sided', 'd_z', 'clustered_bootstrap_ci',
+           'permutation_p', 'holm', 'relative_drop', 'specificity', 'AnalysisError', 'check_ablation_results',
+           'compare_baselines', 'answer_breakdown', 'analyze_condition', 'add_specificity', 'matching_check',
+           'verdict_checks', 'add_verdict', 'summarize_knockout', 'knockout_recovery', 'headline', 'build_report',
+           'save_png', 'plot_null', 'plot_forest', 'plot_knockout', 'plot_training_curves', 'analyze',
+           'analyze_from_config', 'analyze_step']
 
 # %% ../nbs/04_analyze.ipynb #aa731ab5
 import numpy as np
@@ -24,15 +23,18 @@ import scipy.stats
 from statsmodels.stats.multitest import multipletests
 from matplotlib.figure import Figure
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from .config import UserError, Config, atomic_path, atomic_write_json, load_config, resolve_experiment_dir, mark_done, read_step_json
+from .config import (UserError, Config, Baseline, PrimaryMetric, atomic_path, atomic_write_json, choices, load_config,
+                                resolve_experiment_dir)
+from .forward import ConditionRecord
+from .experiment import read_step_json, step_run
 
 # %% ../nbs/04_analyze.ipynb #486f3412
 log = logging.getLogger(__name__)
 
-METRICS = ("logit_diff", "pred_token_prob", "gt_token_prob")  # accepted primary metrics
+METRICS = choices(PrimaryMetric)  # accepted primary metrics
 CONTROL_ROLES = ("control", "relation")  # condition roles that serve as specificity controls
 READOUT_ROLE = "readout"  # colour questions that need no binding: the answer-readout control
-BASELINES = ("top_mean_activation", "top_firing_rate", "top_decoded_norm", "best_random_on_select")  # trivial sets of step 3
+BASELINES = choices(Baseline)  # trivial sets of step 3
 CEILINGS = ("all_latents_replace", "zero_residual")  # everything at the ablation positions removed
 TINY = 1e-6  # a baseline mean at or below this has no relative drop
 SPECIFICITY_FLOOR = 0.01  # control relative drops below 1 % count as 1 % in the specificity ratio
@@ -148,8 +150,10 @@ def _per_question_parts(c:dict) -> list:
     parts += [(f"ceiling.{k}", v) for k, v in (c.get("ceiling") or {}).items() if v]
     return parts
 
+RECORD_KEYS = tuple(k for k in ConditionRecord.__annotations__ if k in ConditionRecord.__required_keys__)  # every condition has these
+
 def check_ablation_results(results:dict, # parsed ablation_results.json
-                           primary_metric:str="logit_diff", # metric the statistics use
+                           primary_metric:PrimaryMetric="logit_diff", # metric the statistics use
                            src:str="ablation_results.json", # name used in error messages
                           ) -> dict:
     "Raise AnalysisError unless `results` has every field the analysis needs; return it."
@@ -159,8 +163,7 @@ def check_ablation_results(results:dict, # parsed ablation_results.json
     if not conds: raise AnalysisError(f"{src} has no conditions: rerun the ablate step.")
     for c in conds:
         name = c.get("condition", "?")
-        missing = [k for k in ("condition", "position_type", "mode", "delta_scale", "task", "role", "question_id",
-                               "img_id", "baseline", "selected", "random") if k not in c]
+        missing = [k for k in RECORD_KEYS if k not in c]
         if missing: raise AnalysisError(f"Condition {name} in {src} lacks {', '.join(missing)}: rerun the ablate step.")
         n = len(c["question_id"])
         for part, d in _per_question_parts(c):
@@ -213,7 +216,7 @@ def answer_breakdown(effect, # per-question effects
     return per, top, per[top]["share"]
 
 def analyze_condition(cond:dict, # one entry of ablation_results.json "conditions"
-                      primary_metric:str="logit_diff", # metric the statistics use
+                      primary_metric:PrimaryMetric="logit_diff", # metric the statistics use
                       n_bootstrap:int=1000, # bootstrap resamples of the CIs
                       seed=0, # seed (int or tuple) of the bootstrap
                      ) -> dict:
@@ -426,7 +429,7 @@ def headline(primary:dict|None, # the primary condition's row
              n_selected:int|None=None, # size of the selected set
              min_attainable_p:float=math.nan, # 1 / (1 + random sets)
              min_relative_drop:float=0.1, # the pre-registered bar
-             primary_metric:str="logit_diff", # metric name
+             primary_metric:PrimaryMetric="logit_diff", # metric name
             ) -> str:
     "The verdict in one paragraph: the primary condition, its relative drop with CI, p, the random sets, and why."
     if primary is None: return "NO VERDICT: the ablation results have no binding condition."
@@ -444,7 +447,7 @@ def headline(primary:dict|None, # the primary condition's row
 def build_report(ablation:dict, # parsed ablation_results.json
                  knockout:dict|None=None, # parsed knockout_results.json, if any
                  significance_level:float=0.05, # alpha of the Holm-corrected permutation p
-                 primary_metric:str="logit_diff", # logit_diff | pred_token_prob | gt_token_prob
+                 primary_metric:PrimaryMetric="logit_diff", # logit_diff | pred_token_prob | gt_token_prob
                  n_bootstrap:int=1000, # bootstrap resamples per CI
                  seed:int=0, # seed of the bootstraps (condition i uses (seed, i))
                  min_relative_drop:float=0.1, # smallest relative drop that counts as an effect (evaluation.min_relative_drop)
@@ -492,98 +495,6 @@ def build_report(ablation:dict, # parsed ablation_results.json
     report["hypothesis_supported"] = report["summary"]["hypothesis_supported"]
     return _clean(report)
 
-# %% ../nbs/04_analyze.ipynb #c76b95bd
-SYNTHETIC_CONDITIONS = (  # (position_type, mode, delta_scale, task, role, selected set-level shift or None = null, has questions)
-    ("attribute", "residual", 1.0, "binding_choose", "binding", -1.0, True),
-    ("attribute", "residual", 1.0, "control", "control", None, False),
-    ("attribute", "residual", 1.0, "relation", "relation", None, True),
-    ("attribute", "residual", 1.0, "color_single", "readout", None, True),
-    ("question", "residual", 1.0, "binding_choose", "binding", -0.8, True),
-    ("question", "residual", 1.0, "control", "control", -0.7, True),
-    ("question", "residual", 1.0, "color_single", "readout", None, True),
-    ("attribute", "replace", 1.0, "binding_choose", "binding", -1.2, True),
-    ("attribute", "replace", 1.0, "relation", "relation", None, True),
-    ("attribute", "replace", 1.0, "color_single", "readout", None, True),
-)
-BASELINE_SHIFTS = {"top_mean_activation": -0.4, "top_firing_rate": -0.35, "top_decoded_norm": -0.3,
-                   "best_random_on_select": -0.25}  # set-level shifts of the trivial sets on binding questions
-SYNTHETIC_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
-_ANSWERS = {"binding": SYNTHETIC_COLORS, "readout": SYNTHETIC_COLORS, "control": ("yes", "no"), "relation": ("left", "right")}
-
-def _sigmoid(x): return 1 / (1 + np.exp(-x))
-
-def _synthetic_condition(spec, n_images, per_image, n_sets, null_mean, null_sd, rng, baseline_shifts, ceiling_shift, readout_answer):
-    pos, mode, scale, task, role, sel_shift, has_q = spec
-    n = n_images * per_image
-    img = np.repeat(np.arange(n_images), per_image)
-    answers = np.array(_ANSWERS[role])[rng.integers(0, len(_ANSWERS[role]), n)]
-    base = 2.5 + rng.normal(0, 0.8, n_images)[img] + rng.normal(0, 0.8, n)
-    recon = (-0.05 + rng.normal(0, 0.1, n)) if mode == "replace" else np.zeros(n)
-    shifts = rng.normal(null_mean, null_sd, n_sets + 1)
-    if sel_shift is not None: shifts[0] = sel_shift
-    noise = lambda k: rng.normal(0, 0.3, (k, n_images))[:, img] + rng.normal(0, 0.5, (k, n)) + recon
-    eff = shifts[:, None] + noise(n_sets + 1)
-    if readout_answer is not None and role in ("binding", "readout") and sel_shift is not None:  # all of the drop on one answer
-        on = answers == readout_answer
-        eff[0] += np.where(on, sel_shift * n / max(on.sum(), 1), 0.0) - sel_shift
-    bshift = {k: (v if role == "binding" else null_mean) for k, v in baseline_shifts.items()}
-    beff = np.array(list(bshift.values()))[:, None] + noise(len(bshift))
-    def metrics(ld): return {"logit_diff": ld, "true_prob": _sigmoid(ld), "pred_token_prob": _sigmoid(np.abs(ld)),
-                             "gt_token_prob": _sigmoid(ld), "correct": (ld > 0).astype(int)}
-    b, s, r = metrics(base), metrics(base + eff[0]), metrics(base + eff[1:])
-    keep = slice(None) if has_q else slice(0, 0)
-    lst = lambda d: {k: v[keep].tolist() for k, v in d.items()}
-    sets = [sorted(rng.choice(512, 8, replace=False).tolist()) for _ in range(n_sets)]
-    ceiling = {"all_latents_replace": lst(metrics(base + ceiling_shift + noise(1)[0])),
-               "zero_residual": lst(metrics(base + 1.1 * ceiling_shift + noise(1)[0]))}
-    return {"condition": f"{pos}|{mode}|{scale}|{task}", "position_type": pos, "mode": mode, "delta_scale": scale,
-            "task": task, "role": role, "question_id": [f"{task}_q{i}" for i in range(n)][keep],
-            "img_id": [f"img{k}" for k in img][keep], "true_option": answers[keep].tolist(), "n_skipped": 0 if has_q else n,
-            "baseline": lst(b), "selected": lst(s), "reconstruction_only": lst(metrics(base + recon)) if mode == "replace" else None,
-            "baselines": {k: lst(metrics(base + e)) for k, e in zip(bshift, beff)}, "ceiling": ceiling,
-            "random": {"feature_sets": sets,
-                       "mean_effect": {k: (r[k] - b[k]).mean(1).tolist() if has_q else [0.0] * n_sets
-                                       for k in ("logit_diff", "pred_token_prob", "gt_token_prob")},
-                       "effect": {"logit_diff": (r["logit_diff"] - b["logit_diff"])[:100, keep].tolist()}},
-            "per_feature": {}}
-
-def synthetic_matching(n_pool:int=200, # latents in the matching pool
-                       smd:float=0.05, # standardized mean difference of both matched quantities
-                       n_draws:int=200, # random sets drawn
-                       max_match_smd:float=0.25, # bound recorded with it
-                      ) -> dict:
-    "A `metadata.matching` record of step 3 with the given SMDs (poor when |smd| exceeds the bound)."
-    fr, dn = 0.05, 10.0
-    return {"method": "binned", "n_pool": n_pool, "n_draws": n_draws, "selected_mean_firing_rate": fr,
-            "random_mean_firing_rate": fr * math.exp(-smd), "selected_mean_decoded_norm": dn,
-            "random_mean_decoded_norm": dn * math.exp(-smd), "smd_log_firing_rate": smd, "smd_log_decoded_norm": smd,
-            "max_abs_smd": abs(smd), "poor": abs(smd) > max_match_smd, "max_match_smd": max_match_smd}
-
-def synthetic_ablation_results(conditions=SYNTHETIC_CONDITIONS, # see SYNTHETIC_CONDITIONS
-                               n_images:int=12, # test images per condition
-                               questions_per_image:int=3, # questions per image
-                               n_sets:int=500, # matched random feature sets
-                               null_mean:float=-0.1, # mean set-level effect of a random set
-                               null_sd:float=0.1, # sd of the set-level effect across random sets
-                               seed:int=0, # seed of the simulation
-                               baseline_shifts:dict=BASELINE_SHIFTS, # set-level shift of each trivial set on binding questions
-                               ceiling_shift:float=-2.0, # set-level shift of removing everything at the positions
-                               readout_answer:str|None=None, # put the selected set's whole drop on questions with this answer
-                               matching:dict|None=None, # metadata.matching; None = `synthetic_matching()` (well matched)
-                              ) -> dict:
-    "A synthetic results/ablation_results.json (SPEC.md schema) with known truth."
-    rng = np.random.default_rng(seed)
-    conds = [_synthetic_condition(c, n_images, questions_per_image, n_sets, null_mean, null_sd, rng, baseline_shifts,
-                                  ceiling_shift, readout_answer) for c in conditions]
-    return {"metadata": {"config_hash": "synthetic", "primary_metric": "logit_diff", "n_random_sets": n_sets,
-                         "min_attainable_p": 1 / (n_sets + 1), "selected_feature_ids": [3, 14, 15, 92], "seed": seed,
-                         "position_type": conditions[0][0], "mode": conditions[0][1], "delta_scale": conditions[0][2],
-                         "matching": synthetic_matching(n_draws=n_sets) if matching is None else matching,
-                         "baselines": {k: {"feature_ids": sorted(rng.choice(512, 4, replace=False).tolist()),
-                                           "chosen_by": f"the 4 latents with the {k.replace('top_', 'highest ').replace('_', ' ')} on select"}
-                                       for k in baseline_shifts}},
-            "conditions": conds}
-
 # %% ../nbs/04_analyze.ipynb #ec6bfd24
 def _figure(w, h):
     fig = Figure(figsize=(w, h), dpi=100)
@@ -599,7 +510,7 @@ def save_png(fig:Figure, # a matplotlib figure
 
 def plot_null(row:dict, # a condition record of the report
               random_mean_effects, # the condition's random-set mean effects
-              primary_metric:str="logit_diff", # metric name for the axis label
+              primary_metric:PrimaryMetric="logit_diff", # metric name for the axis label
               min_relative_drop:float=0.1, # the pre-registered bar (drawn at −bar × the baseline mean)
              ) -> Figure:
     "Histogram of the random-set null, titled by what it tests, with the selected set, the trivial baselines and the bar."
@@ -628,7 +539,7 @@ def plot_null(row:dict, # a condition record of the report
 def _rel(x, r): return None if x is None or not _finite(r["mean_baseline"]) or r["mean_baseline"] <= TINY else 100 * x / r["mean_baseline"]
 
 def plot_forest(rows:list[dict], # condition records of the report
-                primary_metric:str="logit_diff", # metric name for the axis label
+                primary_metric:PrimaryMetric="logit_diff", # metric name for the axis label
                 min_relative_drop:float=0.1, # the pre-registered bar
                ) -> Figure:
     "Forest plot in % of each condition's baseline: the selected set with its CI over its random null, the trivial baselines, the ceilings and the bar."
@@ -706,45 +617,12 @@ def plot_training_curves(history, # parsed sae/history.json: list of per-step re
     fig.suptitle("SAE training", fontsize=10); fig.tight_layout()
     return fig
 
-# %% ../nbs/04_analyze.ipynb #cbe4f0aa
-def _synthetic_knockout(rng, n_layers=16, window=3, n_questions=40, sae_layer=2, cumulative_change=-2.0):
-    dips = {"Image->Question": (4, -30.0), "Image->Last": (12, -5.0), "Question->Last": (9, -45.0)}
-    curves = {}
-    for flow, (at, depth) in dips.items():
-        layers = np.arange(n_layers)
-        mean = depth * np.exp(-0.5 * ((layers - at) / 1.5) ** 2) + rng.normal(0, 1.0, n_layers)
-        half = 4 + 0.15 * np.abs(mean)
-        curves[flow] = {"layers": layers.tolist(), "mean_pct_change": mean.tolist(), "ci_low": (mean - half).tolist(),
-                        "ci_high": (mean + half).tolist(), "mean_logit_diff_change": (mean / 20).tolist()}
-    qids = [f"binding_choose_q{i}" for i in range(n_questions)]  # the binding questions of the synthetic ablation results
-    ld = cumulative_change + rng.normal(0, 0.5, n_questions)
-    cumulative = {"Image->Question": {"layers": list(range(sae_layer + 1)), "logit_diff_change": ld.tolist(),
-                                      "pct_change": (20 * ld).tolist()}}
-    return {"metadata": {"window": window, "flows": list(dips), "n_questions": n_questions,
-                         "metric": "pct_change_pred_token_prob"}, "question_id": qids, "curves": curves, "cumulative": cumulative}
-
-def _synthetic_history(rng, n_steps=60):
-    s = np.arange(n_steps)
-    return [{"step": int(i), "loss": float(0.05 + np.exp(-i / 12) + 0.01 * rng.random()), "fvu": float(0.1 + 0.8 * np.exp(-i / 15)),
-             "l0": 16.0, "dead_fraction": float(max(0.0, 0.3 - i / 100))} for i in s]
-
-def write_synthetic_experiment(exp_dir, # experiment folder to create
-                               seed:int=0, # seed of the simulation
-                               **kwargs, # passed to synthetic_ablation_results
-                              ) -> Path:
-    "Write results/ablation_results.json, results/knockout_results.json and sae/history.json with known truth."
-    exp_dir, rng = Path(exp_dir), np.random.default_rng([seed, 1])
-    atomic_write_json(exp_dir / "results" / "ablation_results.json", synthetic_ablation_results(seed=seed, **kwargs))
-    atomic_write_json(exp_dir / "results" / "knockout_results.json", _synthetic_knockout(rng))
-    atomic_write_json(exp_dir / "sae" / "history.json", _synthetic_history(rng))
-    return exp_dir
-
 # %% ../nbs/04_analyze.ipynb #9791f321
 def _slug(s): return re.sub(r"[^A-Za-z0-9.]+", "_", s).strip("_")
 
 def analyze(exp_dir, # experiment folder
             significance_level:float=0.05, # alpha of the Holm-corrected permutation p (evaluation.significance_level)
-            primary_metric:str="logit_diff", # logit_diff | pred_token_prob | gt_token_prob (evaluation.primary_metric)
+            primary_metric:PrimaryMetric="logit_diff", # logit_diff | pred_token_prob | gt_token_prob (evaluation.primary_metric)
             n_bootstrap:int=1000, # bootstrap resamples per CI (ablation.n_bootstrap)
             seed:int=0, # seed of the bootstraps (training.seed)
             min_relative_drop:float=0.1, # smallest relative drop that counts as an effect (evaluation.min_relative_drop)
@@ -785,8 +663,7 @@ def analyze_from_config(cfg:Config, # the run's config
 
 def analyze_step(cfg:Config, exp_dir) -> dict:
     "Step 4 of the pipeline: the report of `exp_dir`, then its `analyze.done.json`."
-    t0 = time.time()
-    report = analyze_from_config(cfg, exp_dir)
-    counts = dict(n_conditions=report["summary"]["n_conditions"], hypothesis_supported=report["hypothesis_supported"])
-    mark_done(exp_dir, "analyze", cfg, counts, time.time() - t0)
-    return counts
+    with step_run(cfg, exp_dir, "analyze") as run:
+        report = analyze_from_config(cfg, exp_dir)
+        run.counts = dict(n_conditions=report["summary"]["n_conditions"], hypothesis_supported=report["hypothesis_supported"])
+    return run.counts

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 # %% auto #0
-__all__ = ['planted_dictionary', 'dictionary_recovery', 'make_standin_images']
+__all__ = ['SYNTHETIC_CONDITIONS', 'BASELINE_SHIFTS', 'SYNTHETIC_COLORS', 'planted_dictionary', 'dictionary_recovery',
+           'make_standin_images', 'synthetic_matching', 'synthetic_ablation_results', 'write_synthetic_experiment']
 
 # %% ../nbs/20_fixtures.ipynb #9e8cd4cb
 from .config import atomic_path
@@ -46,3 +47,136 @@ def make_standin_images(img_ids, # image ids (file stems)
         with atomic_path(p) as tmp: Image.new('RGB', tuple(size), rgb).save(tmp, format='PNG' if ext == '.png' else 'JPEG', quality=90)
         paths.append(p)
     return paths
+
+# %% ../nbs/20_fixtures.ipynb #c3dd9eab
+import math
+import numpy as np
+from .config import PrimaryMetric, atomic_write_json, choices
+from .forward import ConditionRecord
+
+# %% ../nbs/20_fixtures.ipynb #f7a38a09
+SYNTHETIC_CONDITIONS = (  # (position_type, mode, delta_scale, task, role, selected set-level shift or None = null, has questions)
+    ("attribute", "residual", 1.0, "binding_choose", "binding", -1.0, True),
+    ("attribute", "residual", 1.0, "control", "control", None, False),
+    ("attribute", "residual", 1.0, "relation", "relation", None, True),
+    ("attribute", "residual", 1.0, "color_single", "readout", None, True),
+    ("question", "residual", 1.0, "binding_choose", "binding", -0.8, True),
+    ("question", "residual", 1.0, "control", "control", -0.7, True),
+    ("question", "residual", 1.0, "color_single", "readout", None, True),
+    ("attribute", "replace", 1.0, "binding_choose", "binding", -1.2, True),
+    ("attribute", "replace", 1.0, "relation", "relation", None, True),
+    ("attribute", "replace", 1.0, "color_single", "readout", None, True),
+)
+BASELINE_SHIFTS = {"top_mean_activation": -0.4, "top_firing_rate": -0.35, "top_decoded_norm": -0.3,
+                   "best_random_on_select": -0.25}  # set-level shifts of the trivial sets on binding questions
+SYNTHETIC_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
+_ANSWERS = {"binding": SYNTHETIC_COLORS, "readout": SYNTHETIC_COLORS, "control": ("yes", "no"), "relation": ("left", "right")}
+
+def _sigmoid(x): return 1 / (1 + np.exp(-x))
+
+def _synthetic_condition(spec, n_images, per_image, n_sets, null_mean, null_sd, rng, baseline_shifts, ceiling_shift, readout_answer):
+    pos, mode, scale, task, role, sel_shift, has_q = spec
+    n = n_images * per_image
+    img = np.repeat(np.arange(n_images), per_image)
+    answers = np.array(_ANSWERS[role])[rng.integers(0, len(_ANSWERS[role]), n)]
+    base = 2.5 + rng.normal(0, 0.8, n_images)[img] + rng.normal(0, 0.8, n)
+    recon = (-0.05 + rng.normal(0, 0.1, n)) if mode == "replace" else np.zeros(n)
+    shifts = rng.normal(null_mean, null_sd, n_sets + 1)
+    if sel_shift is not None: shifts[0] = sel_shift
+    noise = lambda k: rng.normal(0, 0.3, (k, n_images))[:, img] + rng.normal(0, 0.5, (k, n)) + recon
+    eff = shifts[:, None] + noise(n_sets + 1)
+    if readout_answer is not None and role in ("binding", "readout") and sel_shift is not None:  # all of the drop on one answer
+        on = answers == readout_answer
+        eff[0] += np.where(on, sel_shift * n / max(on.sum(), 1), 0.0) - sel_shift
+    bshift = {k: (v if role == "binding" else null_mean) for k, v in baseline_shifts.items()}
+    beff = np.array(list(bshift.values()))[:, None] + noise(len(bshift))
+    def metrics(ld): return {"logit_diff": ld, "true_prob": _sigmoid(ld), "pred_token_prob": _sigmoid(np.abs(ld)),
+                             "gt_token_prob": _sigmoid(ld), "correct": (ld > 0).astype(int)}
+    b, s, r = metrics(base), metrics(base + eff[0]), metrics(base + eff[1:])
+    keep = slice(None) if has_q else slice(0, 0)
+    lst = lambda d: {k: v[keep].tolist() for k, v in d.items()}
+    sets = [sorted(rng.choice(512, 8, replace=False).tolist()) for _ in range(n_sets)]
+    ceiling = {"all_latents_replace": lst(metrics(base + ceiling_shift + noise(1)[0])),
+               "zero_residual": lst(metrics(base + 1.1 * ceiling_shift + noise(1)[0]))}
+    return ConditionRecord(
+        condition=f"{pos}|{mode}|{scale}|{task}", position_type=pos, mode=mode, delta_scale=scale, task=task, role=role,
+        question_id=[f"{task}_q{i}" for i in range(n)][keep], img_id=[f"img{k}" for k in img][keep],
+        true_option=answers[keep].tolist(), n_skipped=0 if has_q else n, baseline=lst(b), selected=lst(s),
+        reconstruction_only=lst(metrics(base + recon)) if mode == "replace" else None,
+        baselines={k: lst(metrics(base + e)) for k, e in zip(bshift, beff)}, ceiling=ceiling,
+        random={"feature_sets": sets,
+                "mean_effect": {k: (r[k] - b[k]).mean(1).tolist() if has_q else [0.0] * n_sets for k in choices(PrimaryMetric)},
+                "effect": {"logit_diff": (r["logit_diff"] - b["logit_diff"])[:100, keep].tolist()}},
+        per_feature={})
+
+# %% ../nbs/20_fixtures.ipynb #a7e91080
+def synthetic_matching(n_pool:int=200, # latents in the matching pool
+                       smd:float=0.05, # standardized mean difference of both matched quantities
+                       n_draws:int=200, # random sets drawn
+                       max_match_smd:float=0.25, # bound recorded with it
+                      ) -> dict:
+    "A `metadata.matching` record of step 3 with the given SMDs (poor when |smd| exceeds the bound)."
+    fr, dn = 0.05, 10.0
+    return {"method": "binned", "n_pool": n_pool, "n_draws": n_draws, "selected_mean_firing_rate": fr,
+            "random_mean_firing_rate": fr * math.exp(-smd), "selected_mean_decoded_norm": dn,
+            "random_mean_decoded_norm": dn * math.exp(-smd), "smd_log_firing_rate": smd, "smd_log_decoded_norm": smd,
+            "max_abs_smd": abs(smd), "poor": abs(smd) > max_match_smd, "max_match_smd": max_match_smd}
+
+# %% ../nbs/20_fixtures.ipynb #03c8bafa
+def synthetic_ablation_results(conditions=SYNTHETIC_CONDITIONS, # see SYNTHETIC_CONDITIONS
+                               n_images:int=12, # test images per condition
+                               questions_per_image:int=3, # questions per image
+                               n_sets:int=500, # matched random feature sets
+                               null_mean:float=-0.1, # mean set-level effect of a random set
+                               null_sd:float=0.1, # sd of the set-level effect across random sets
+                               seed:int=0, # seed of the simulation
+                               baseline_shifts:dict=BASELINE_SHIFTS, # set-level shift of each trivial set on binding questions
+                               ceiling_shift:float=-2.0, # set-level shift of removing everything at the positions
+                               readout_answer:str|None=None, # put the selected set's whole drop on questions with this answer
+                               matching:dict|None=None, # metadata.matching; None = `synthetic_matching()` (well matched)
+                              ) -> dict:
+    "A synthetic results/ablation_results.json (each condition a `ConditionRecord`) with known truth."
+    rng = np.random.default_rng(seed)
+    conds = [_synthetic_condition(c, n_images, questions_per_image, n_sets, null_mean, null_sd, rng, baseline_shifts,
+                                  ceiling_shift, readout_answer) for c in conditions]
+    return {"metadata": {"config_hash": "synthetic", "primary_metric": "logit_diff", "n_random_sets": n_sets,
+                         "min_attainable_p": 1 / (n_sets + 1), "selected_feature_ids": [3, 14, 15, 92], "seed": seed,
+                         "position_type": conditions[0][0], "mode": conditions[0][1], "delta_scale": conditions[0][2],
+                         "matching": synthetic_matching(n_draws=n_sets) if matching is None else matching,
+                         "baselines": {k: {"feature_ids": sorted(rng.choice(512, 4, replace=False).tolist()),
+                                           "chosen_by": f"the 4 latents with the {k.replace('top_', 'highest ').replace('_', ' ')} on select"}
+                                       for k in baseline_shifts}},
+            "conditions": conds}
+
+# %% ../nbs/20_fixtures.ipynb #c554a887
+def _synthetic_knockout(rng, n_layers=16, window=3, n_questions=40, sae_layer=2, cumulative_change=-2.0):
+    dips = {"Image->Question": (4, -30.0), "Image->Last": (12, -5.0), "Question->Last": (9, -45.0)}
+    curves = {}
+    for flow, (at, depth) in dips.items():
+        layers = np.arange(n_layers)
+        mean = depth * np.exp(-0.5 * ((layers - at) / 1.5) ** 2) + rng.normal(0, 1.0, n_layers)
+        half = 4 + 0.15 * np.abs(mean)
+        curves[flow] = {"layers": layers.tolist(), "mean_pct_change": mean.tolist(), "ci_low": (mean - half).tolist(),
+                        "ci_high": (mean + half).tolist(), "mean_logit_diff_change": (mean / 20).tolist()}
+    qids = [f"binding_choose_q{i}" for i in range(n_questions)]  # the binding questions of the synthetic ablation results
+    ld = cumulative_change + rng.normal(0, 0.5, n_questions)
+    cumulative = {"Image->Question": {"layers": list(range(sae_layer + 1)), "logit_diff_change": ld.tolist(),
+                                      "pct_change": (20 * ld).tolist()}}
+    return {"metadata": {"window": window, "flows": list(dips), "n_questions": n_questions,
+                         "metric": "pct_change_pred_token_prob"}, "question_id": qids, "curves": curves, "cumulative": cumulative}
+
+def _synthetic_history(rng, n_steps=60):
+    s = np.arange(n_steps)
+    return [{"step": int(i), "loss": float(0.05 + np.exp(-i / 12) + 0.01 * rng.random()), "fvu": float(0.1 + 0.8 * np.exp(-i / 15)),
+             "l0": 16.0, "dead_fraction": float(max(0.0, 0.3 - i / 100))} for i in s]
+
+def write_synthetic_experiment(exp_dir, # experiment folder to create
+                               seed:int=0, # seed of the simulation
+                               **kwargs, # passed to synthetic_ablation_results
+                              ) -> Path:
+    "Write results/ablation_results.json, results/knockout_results.json and sae/history.json with known truth."
+    exp_dir, rng = Path(exp_dir), np.random.default_rng([seed, 1])
+    atomic_write_json(exp_dir / "results" / "ablation_results.json", synthetic_ablation_results(seed=seed, **kwargs))
+    atomic_write_json(exp_dir / "results" / "knockout_results.json", _synthetic_knockout(rng))
+    atomic_write_json(exp_dir / "sae" / "history.json", _synthetic_history(rng))
+    return exp_dir
