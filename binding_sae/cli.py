@@ -8,10 +8,11 @@ import argparse, json, logging, sys, warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TOY_COMMANDS', 'show_defaults', 'toy_train_parser', 'toy_eval_parser', 'build_parser', 'main']
+__all__ = ['TOY_COMMANDS', 'show_defaults', 'build_parser', 'main']
 
 # %% ../nbs/16_cli.ipynb #8b78fb33
 from .config import UserError, load_config, resolve_experiment_dir  # light: the steps are imported when they run
+from .toy_recipe import toy_train_parser, toy_eval_parser  # light too: the toy commands' flags
 
 # %% ../nbs/16_cli.ipynb #a7c7ca12
 def _overrides(pairs) -> dict:
@@ -41,40 +42,6 @@ def show_defaults(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
         if not (a.default is None or a.default is False or a.default == argparse.SUPPRESS) and "%(default)" not in (a.help or ""):
             a.help = f"{a.help or ''} (default: %(default)s)".strip()
     return p
-
-def toy_train_parser() -> argparse.ArgumentParser:
-    "The arguments of `binding-sae toy-train` (see `binding_sae.toy.toy_train`)."
-    p = argparse.ArgumentParser(prog='binding-sae toy-train', description='Train the toy LLaVA on the synthetic world.')
-    p.add_argument('--out_dir', default='models/toy_llava'); p.add_argument('--seed', type=int, default=20)
-    p.add_argument('--steps', type=int, default=8000); p.add_argument('--device', default='auto')
-    p.add_argument('--pool_size', type=int, default=50_000); p.add_argument('--batch_size', type=int, default=256)
-    p.add_argument('--lr', type=float, default=2e-3); p.add_argument('--vision_steps', type=int, default=1500)
-    p.add_argument('--probe_step', type=int, default=8000); p.add_argument('--probe_min', type=float, default=0.8)
-    p.add_argument('--max_restarts', type=int, default=3); p.add_argument('--eval_n', type=int, default=2000)
-    p.add_argument('--eval_seed', type=int, default=1); p.add_argument('--log_every', type=int, default=500)
-    p.add_argument('--workers', type=int, default=None, help='rendering / batching processes')
-    p.add_argument('--d_model', type=int, default=128); p.add_argument('--n_layers', type=int, default=4)
-    p.add_argument('--vision_layers', type=int, default=3)
-    p.add_argument('--route_p_early', type=float, default=0.0,
-                   help='knockout augmentation: share of QA sequences whose answer rows may not see the image (0 = off)')
-    p.add_argument('--route_p_late', type=float, default=None, help='that share after --route_switch (None: --route_p_early)')
-    p.add_argument('--route_switch', type=float, default=1.0, help='fraction of the steps trained with --route_p_early')
-    p.add_argument('--route_answer_word', type=int, default=1, choices=(0, 1), help="1 = also cut the word 'answer' off the image")
-    p.add_argument('--single_fraction', type=float, default=0.0,
-                   help='share of the training pool that are single-object scenes, whose question rows may not see the image')
-    p.add_argument('--knockout_n', type=int, default=0, help='fresh scenes for a knockout profile in the training record')
-    p.add_argument('--knockout_seed', type=int, default=7)
-    return show_defaults(p)
-
-def toy_eval_parser() -> argparse.ArgumentParser:
-    "The arguments of `binding-sae toy-eval`."
-    p = argparse.ArgumentParser(prog='binding-sae toy-eval', description='Evaluate the toy LLaVA on fresh world scenes.')
-    p.add_argument('--model', default='models/toy_llava'); p.add_argument('--n', type=int, default=2000)
-    p.add_argument('--seed', type=int, default=1); p.add_argument('--device', default='cpu')
-    p.add_argument('--json', action='store_true', help='print only the JSON object')
-    p.add_argument('--knockout_n', type=int, default=0, help='also print the knockout profile on this many fresh scenes')
-    p.add_argument('--knockout_seed', type=int, default=7)
-    return show_defaults(p)
 
 TOY_COMMANDS = {"toy-train": ("toy_train_cli", toy_train_parser), "toy-eval": ("toy_eval_cli", toy_eval_parser)}
 
