@@ -23,9 +23,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from binding_sae.vlm import random_llava, forward_last, knockout, flow_blocks, knockout_layers, choose_option_variant
+from binding_sae.vlm import forward_last, choose_option_variant, option_token_ids
+from binding_sae.fixtures import random_llava
+from binding_sae.forward import knockout, flow_blocks, knockout_layers, plan_batches, uncached, SetAblation
 from binding_sae.sae import make_sae
-from binding_sae.ablate import ablate_batch, knockout_batch, option_token_ids, plan_batches, matched_random_sets
+from binding_sae.ablate import ablate_batch, knockout_batch, matched_random_sets
 
 FLOWS3 = ["Image->Question", "Image->Last", "Question->Last"]
 
@@ -103,7 +105,7 @@ def main():
     def run_ablate():
         for i, b in enumerate(batches):
             s = slice(i * q_ab, i * q_ab + len(b))
-            ablate_batch(vlm, b, sae, a.layer, a.position_type, sets, T_ids[s], F_ids[s], "residual", 1.0, rows_ab)
+            ablate_batch(vlm, b, sae, SetAblation(a.layer, a.position_type), sets, (T_ids[s], F_ids[s]), rows_ab)
     if dev == "cuda": torch.cuda.reset_peak_memory_stats()
     t_ab = timed(run_ablate, n_warm=1, n_rep=2)
     res["ablate_ms_per_question_condition"] = 1e3 * t_ab / (len(qs) * len(sets))
@@ -139,7 +141,7 @@ def main():
 
     # sanity: the cached baseline equals a full forward (bf16 tolerance on GPU)
     b0 = batches[0]
-    r0 = ablate_batch(vlm, b0, sae, a.layer, a.position_type, [[]], T_ids[:len(b0)], F_ids[:len(b0)], n_rows=rows_ab)
+    r0 = ablate_batch(vlm, b0, sae, SetAblation(a.layer, a.position_type), [[]], (T_ids[:len(b0)], F_ids[:len(b0)]), n_rows=rows_ab)
     full = forward_last(vlm, b0)[0]
     ld = (full[range(len(b0)), T_ids[:len(b0)].to(full.device)] - full[range(len(b0)), F_ids[:len(b0)].to(full.device)]).cpu().numpy()
     res["check_baseline_max_abs_diff"] = float(np.abs(r0["baseline"]["logit_diff"] - ld).max())
@@ -147,7 +149,8 @@ def main():
     kq = kb[0]
     kw = dict(flows=["Question->Last", "Image->Question"], layers=[mid], window=a.window, true_ids=T_ids[:len(kq)],
               false_ids=F_ids[:len(kq)], n_rows=rows_ko)
-    seg, full_ko = knockout_batch(vlm, kq, **kw), knockout_batch(vlm, kq, **kw, use_cache=False)
+    seg = knockout_batch(vlm, kq, **kw)
+    with uncached(): full_ko = knockout_batch(vlm, kq, **kw)
     res["check_knockout_segments_max_abs_diff"] = float(np.abs(seg["conditions"]["logit_diff"] - full_ko["conditions"]["logit_diff"]).max())
     res["knockout_mean_abs_logit_diff_change"] = float(np.abs(seg["conditions"]["logit_diff"] - seg["baseline"]["logit_diff"][:, None]).mean())
 

@@ -1,7 +1,7 @@
 """Harvest throughput on a random-weight LLaVA-1.5-7B-shaped model (issue 4 benchmark).
 
 Measures, in one run on one GPU:
-  ours      binding_sae.vlm.capture at layer L (forward stopped after layer L), batched, bf16, question positions
+  ours      binding_sae.forward.capture at layer L (forward stopped after layer L), batched, bf16, question positions
   roofline  the same model's language forward truncated after layer L (layers[:L+1], no LM head, no hooks)
   old       the old pipeline's unit of work: batch 1, full 32-layer forward + LM head (fp16)
   ours+io   binding_sae.train.harvest end to end (PIL images → processor → capture → fp16 shards on disk)
@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from binding_sae.vlm import random_llava, capture
+from binding_sae.fixtures import random_llava
+from binding_sae.forward import capture
 from binding_sae.train import harvest
 
 

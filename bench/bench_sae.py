@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binding_sae.sae import SAETrainer, TopKSAE, init_from_data, make_sae
+from binding_sae.config import SAEConfig, TrainingConfig
 
 
 def sync(device):
@@ -84,8 +85,8 @@ class Gather16DecodeTopK(TopKSAE):
 
 def ours_variant(args, device, B, compile=False, cls=None, x0=None):
     sae = cls(args.d_in, args.d_sae, k=args.k) if cls else make_sae("topk", args.d_in, args.d_sae, k=args.k)
-    trainer = SAETrainer(sae, n_steps=10**9, lr=1e-4, warmup_steps=0, decay_fraction=0.0, device=str(device),
-                         compile=compile)
+    training = TrainingConfig(learning_rate=1e-4, warmup_steps=0, decay_fraction=0.0, dtype="bfloat16")
+    trainer = SAETrainer(sae, 10**9, SAEConfig(), training, device=str(device), compile=compile)
     init_from_data(sae, x0)
     return trainer.step
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
 sys.path.insert(0, os.getcwd())
-from binding_sae.vlm import random_llava
+from binding_sae.fixtures import random_llava
 from binding_sae.sae import make_sae
 from binding_sae.identify import score_features, verify_features, describe_features, latent_scores, rank_features
 DEV = "cuda" if torch.cuda.is_available() else "cpu"

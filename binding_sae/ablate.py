@@ -23,7 +23,7 @@ __all__ = ['log', 'POSITION_TYPES', 'MODES', 'BASELINES', 'CONTROL_ROLES', 'CEIL
 # %% ../nbs/03_ablate.ipynb #8c23cf97
 from .config import (Config, UserError, atomic_path, atomic_write_json, config_hash, EditPosition,
                                 AblationMode, Baseline as BaselineName, ControlTask)
-from .experiment import encode_questions, mark_done, read_step_json
+from .experiment import encode_questions, read_step_json, step_run
 from .vlm import VLM, Batch, tokenize_prompts, option_token_ids, choose_option_variant
 from .forward import (METRICS, FLOWS, ConditionRecord, SetAblation, Prefix, prefix_length, run_baseline,
                                  run_conditions, metrics_numpy, upper_layers_only, condition_positions, condition_blocks,
@@ -479,19 +479,15 @@ def bootstrap_mean_ci(x, # per-question values
 
 # %% ../nbs/03_ablate.ipynb #38bba1a6
 def held_out_questions(cfg:Config, exp:Path, roles=("binding",)) -> dict:
-    "{role: test-split questions (None when a control role has none)}; asserts that no `select` question is among them."
-    from binding_sae.experiment import experiment_questions, questions_for
+    "{role: test-split questions (None when a control role has none)}; asserts that no `select` question or image is among them."
+    from binding_sae.experiment import experiment_questions, split_questions
     df = experiment_questions(cfg, exp)
-    sel = set(df.loc[df.split == "select", "question_id"].astype(str))
     out = {}
     for role in roles:
-        try: q = questions_for(df, "test", role)
+        try: out[role] = split_questions(df, "test", role)
         except UserError as e:
             if role == "binding": raise
-            log.warning("%s", e); out[role] = None; continue
-        if not (q.split == "test").all() or set(q.question_id.astype(str)) & sel:
-            raise AssertionError(f"A select-split {role} question reached step 3: the splits in {exp / 'splits.csv'} overlap.")
-        out[role] = q
+            log.warning("%s", e); out[role] = None
     return out
 
 def check_knockout_attention(cfg:Config) -> None:
@@ -538,10 +534,9 @@ def ablate_inputs(exp:Path) -> list:
 def best_random_on_select(cfg:Config, exp:Path, vlm:VLM, sae, random_sets:list, task:str, # the primary binding task
                           chunks:ChunkStore|None=None) -> dict:
     "The matched random set whose mean effect on the select split's `task` questions (primary metric) is the most negative."
-    from binding_sae.experiment import experiment_questions
-    from binding_sae.identify import select_questions
+    from binding_sae.experiment import experiment_questions, split_questions
     a, metric = cfg.ablation, cfg.evaluation.primary_metric
-    q = select_questions(experiment_questions(cfg, exp))
+    q = split_questions(experiment_questions(cfg, exp), "select")
     q, _ = scorable(vlm, q[q["task"].astype(str) == task].reset_index(drop=True))
     how = SetAblation.of(cfg)
     run = ablate_questions(vlm, q, sae, how, random_sets, a.batch_size, chunks=chunks, name=f"select|{how.name}|{task}")
@@ -557,161 +552,153 @@ def ablate_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reus
                ) -> dict:
     "Step 3: ablation of the selected features vs matched random sets, baselines and ceilings on the test split → results/ablation_results.json."
     from binding_sae.sae import load_sae
-    t0, exp, a = time.time(), Path(exp_dir), cfg.ablation
-    if a.mode not in MODES: raise AblationError(f"ablation.mode is {a.mode!r}; choose residual or replace.")
-    if a.position_type not in POSITION_TYPES: raise AblationError(f"ablation.position_type is {a.position_type!r}; choose one of {', '.join(POSITION_TYPES)}.")
-    if a.n_random_features < 1: raise AblationError("ablation.n_random_features must be ≥ 1 (1000 or more for a permutation test).")
-    bad = [b for b in a.baselines if b not in BASELINES]
-    if bad: raise AblationError(f"ablation.baselines has unknown baseline(s) {bad}; choose from {', '.join(BASELINES)}.")
-    bad = [r for r in (a.control_tasks or []) if r not in CONTROL_ROLES]
-    if bad: raise AblationError(f"ablation.control_tasks has unknown role(s) {bad}; choose from {', '.join(CONTROL_ROLES)}.")
-    catalog = read_step_json(exp / "feature_catalog.json", "identify", AblationError)
-    stats = read_step_json(exp / "feature_stats.json", "identify", AblationError)
-    selected = [int(i) for i in catalog.get("selected_feature_ids", [])]
-    if not selected: raise AblationError(f"{exp / 'feature_catalog.json'} selects no features: nothing to ablate.")
-    if not (exp / "sae" / "cfg.json").exists(): raise AblationError(f"{exp / 'sae'} is missing: run step 1 (train) first.")
-    layer = cfg.model.target_layer
-    roles = ["binding"] + [r for r in CONTROL_ROLES if r in (a.control_tasks or [])]
-    frames = held_out_questions(cfg, exp, roles)
-    binding = frames["binding"]
-    vlm = _load_vlm(cfg, vlm)
-    sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=layer, device=vlm.device)
-    sae.eval()
-    fr = np.asarray(stats["all_features"]["firing_rate"], float)
-    if len(fr) != sae.d_sae: raise AblationError(f"feature_stats.json has {len(fr)} firing rates but the SAE has {sae.d_sae} latents: rerun step 2.")
-    ma = stats["all_features"].get("mean_activation")
-    dn = decoded_norms(sae, ma)
-    seed, min_fr = cfg.training.seed, cfg.feature_identification.min_firing_rate
-    rand_sets, matching = matched_random_sets(selected, fr, dn, a.n_random_features, seed=seed, min_firing_rate=min_fr,
-                                              max_smd=cfg.evaluation.max_match_smd)
-    if matching["poor"]:
-        log.warning("the matched random sets are poorly matched (|SMD| %.2f > %.2f): the permutation null is not trustworthy",
-                    matching["max_abs_smd"], matching["max_match_smd"])
-    ma = np.full(len(fr), np.nan) if ma is None else np.asarray(ma, float)
-    chosen = trivial_baselines(a.baselines, len(selected), dict(firing_rate=fr, mean_activation=ma, decoded_norm=dn), min_fr)
-    _choose_variant(vlm, binding, exp)
-    same_first = {}
-    for role in list(frames):
-        if frames[role] is not None: frames[role], same_first[role] = scorable(vlm, frames[role])
-    store = ChunkStore(exp, "ablate", inputs_key(cfg, exp, ablate_inputs(exp)))
-    if "best_random_on_select" in a.baselines:
-        task0 = sorted(binding["task"].astype(str).unique())[0]
-        chosen["best_random_on_select"] = best_random_on_select(cfg, exp, vlm, sae, rand_sets, task0, store)
-    names = list(a.baselines)
-    sets = [selected] + ([[]] if a.mode == "replace" else []) + [chosen[n]["feature_ids"] for n in names] + rand_sets
-    kinds = [a.position_type] + (["question"] if a.position_type == "attribute" else [])
-    conditions = []
-    for kind in kinds:
-        for role in roles:
-            df = frames[role]
-            if df is None or (kind != a.position_type and role == "relation"): continue  # relation has option words
-            for task in sorted(df["task"].astype(str).unique()):
-                d = df[df["task"].astype(str) == task].reset_index(drop=True)
-                how = SetAblation.of(cfg, kind)
-                name = f"{how.name}|{task}"
-                run = ablate_questions(vlm, d, sae, how, sets, a.batch_size, track=selected, ceiling=a.ceiling, chunks=store,
-                                       name=name)
-                ok = d[positions_found(vlm, d, kind)].reset_index(drop=True)
-                pf = per_feature_effects(vlm, ok, sae, how, selected, run["track"], conditions_per_forward=a.batch_size,
-                                         chunks=store, name=f"per_feature|{name}") \
-                     if role == "binding" and kind == a.position_type else {}
-                conditions.append(condition_record(run, kind, a.mode, a.delta_scale, task, role, rand_sets, pf, baselines=names))
-                conditions[-1]["summary"]["accuracy_by_option_contrast"] = accuracy_by_option_contrast(d, conditions[-1])
-                log.info("%s: %d questions, %d skipped", conditions[-1]["condition"], len(run["question_id"]), run["n_skipped"])
-    primary = conditions[0]
-    results = {"metadata": dict(config_hash=config_hash(cfg), primary_metric=cfg.evaluation.primary_metric,
-                                selected_feature_ids=selected, n_random_sets=len(rand_sets), seed=seed, layer=layer,
-                                min_attainable_p=1 / (len(rand_sets) + 1),
-                                random_per_question_sets=min(RANDOM_EFFECT_SETS, len(rand_sets)),
-                                position_type=a.position_type, mode=a.mode, delta_scale=float(a.delta_scale),
-                                split="test", model=cfg.model.name, option_variant=vlm.option_variant,
-                                n_same_first_token=same_first, sae_width=int(sae.d_sae), matching=matching,
-                                matching_statistics=["firing_rate", "decoded_norm = |W_dec row| * mean_activation"],
-                                baselines={n: chosen[n] for n in names}, ceiling=CEILING_EDITS if a.ceiling else None,
-                                roles=roles, metrics=list(METRICS)),
-               "conditions": conditions, **{k: primary["summary"].get(k) for k in
-                   ("baseline_accuracy", "ablated_accuracy", "accuracy_drop", "baseline_prob", "ablated_prob", "prob_drop")}}
-    atomic_write_json(exp / "results" / "ablation_results.json", results)
-    store.clear()
-    counts = dict(n_conditions=len(conditions), n_random_sets=len(rand_sets), n_selected=len(selected),
-                  n_test_questions=int(sum(len(c["question_id"]) for c in conditions if c["position_type"] == a.position_type)),
-                  n_skipped=int(sum(c["n_skipped"] for c in conditions)))
-    mark_done(exp, "ablate", cfg, counts, round(time.time() - t0, 3))
-    return counts
+    exp, a = Path(exp_dir), cfg.ablation
+    with step_run(cfg, exp, "ablate") as run:
+        catalog = read_step_json(exp / "feature_catalog.json", "identify", AblationError)
+        stats = read_step_json(exp / "feature_stats.json", "identify", AblationError)
+        selected = [int(i) for i in catalog.get("selected_feature_ids", [])]
+        if not selected: raise AblationError(f"{exp / 'feature_catalog.json'} selects no features: nothing to ablate.")
+        if not (exp / "sae" / "cfg.json").exists(): raise AblationError(f"{exp / 'sae'} is missing: run step 1 (train) first.")
+        layer = cfg.model.target_layer
+        roles = ["binding"] + [r for r in CONTROL_ROLES if r in (a.control_tasks or [])]
+        frames = held_out_questions(cfg, exp, roles)
+        binding = frames["binding"]
+        vlm = _load_vlm(cfg, vlm)
+        sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=layer, device=vlm.device)
+        sae.eval()
+        fr = np.asarray(stats["all_features"]["firing_rate"], float)
+        if len(fr) != sae.d_sae: raise AblationError(f"feature_stats.json has {len(fr)} firing rates but the SAE has {sae.d_sae} latents: rerun step 2.")
+        ma = stats["all_features"].get("mean_activation")
+        dn = decoded_norms(sae, ma)
+        seed, min_fr = cfg.training.seed, cfg.feature_identification.min_firing_rate
+        rand_sets, matching = matched_random_sets(selected, fr, dn, a.n_random_features, seed=seed, min_firing_rate=min_fr,
+                                                  max_smd=cfg.evaluation.max_match_smd)
+        if matching["poor"]:
+            log.warning("the matched random sets are poorly matched (|SMD| %.2f > %.2f): the permutation null is not trustworthy",
+                        matching["max_abs_smd"], matching["max_match_smd"])
+        ma = np.full(len(fr), np.nan) if ma is None else np.asarray(ma, float)
+        chosen = trivial_baselines(a.baselines, len(selected), dict(firing_rate=fr, mean_activation=ma, decoded_norm=dn), min_fr)
+        _choose_variant(vlm, binding, exp)
+        same_first = {}
+        for role in list(frames):
+            if frames[role] is not None: frames[role], same_first[role] = scorable(vlm, frames[role])
+        store = ChunkStore(exp, "ablate", inputs_key(cfg, exp, ablate_inputs(exp)))
+        if "best_random_on_select" in a.baselines:
+            task0 = sorted(binding["task"].astype(str).unique())[0]
+            chosen["best_random_on_select"] = best_random_on_select(cfg, exp, vlm, sae, rand_sets, task0, store)
+        names = list(a.baselines)
+        sets = [selected] + ([[]] if a.mode == "replace" else []) + [chosen[n]["feature_ids"] for n in names] + rand_sets
+        kinds = [a.position_type] + (["question"] if a.position_type == "attribute" else [])
+        conditions = []
+        for kind in kinds:
+            for role in roles:
+                df = frames[role]
+                if df is None or (kind != a.position_type and role == "relation"): continue  # relation has option words
+                for task in sorted(df["task"].astype(str).unique()):
+                    d = df[df["task"].astype(str) == task].reset_index(drop=True)
+                    how = SetAblation.of(cfg, kind)
+                    name = f"{how.name}|{task}"
+                    measured = ablate_questions(vlm, d, sae, how, sets, a.batch_size, track=selected, ceiling=a.ceiling, chunks=store,
+                                           name=name)
+                    ok = d[positions_found(vlm, d, kind)].reset_index(drop=True)
+                    pf = per_feature_effects(vlm, ok, sae, how, selected, measured["track"], conditions_per_forward=a.batch_size,
+                                             chunks=store, name=f"per_feature|{name}") \
+                         if role == "binding" and kind == a.position_type else {}
+                    conditions.append(condition_record(measured, kind, a.mode, a.delta_scale, task, role, rand_sets, pf, baselines=names))
+                    conditions[-1]["summary"]["accuracy_by_option_contrast"] = accuracy_by_option_contrast(d, conditions[-1])
+                    log.info("%s: %d questions, %d skipped", conditions[-1]["condition"], len(measured["question_id"]), measured["n_skipped"])
+        primary = conditions[0]
+        results = {"metadata": dict(config_hash=config_hash(cfg), primary_metric=cfg.evaluation.primary_metric,
+                                    selected_feature_ids=selected, n_random_sets=len(rand_sets), seed=seed, layer=layer,
+                                    min_attainable_p=1 / (len(rand_sets) + 1),
+                                    random_per_question_sets=min(RANDOM_EFFECT_SETS, len(rand_sets)),
+                                    position_type=a.position_type, mode=a.mode, delta_scale=float(a.delta_scale),
+                                    split="test", model=cfg.model.name, option_variant=vlm.option_variant,
+                                    n_same_first_token=same_first, sae_width=int(sae.d_sae), matching=matching,
+                                    matching_statistics=["firing_rate", "decoded_norm = |W_dec row| * mean_activation"],
+                                    baselines={n: chosen[n] for n in names}, ceiling=CEILING_EDITS if a.ceiling else None,
+                                    roles=roles, metrics=list(METRICS)),
+                   "conditions": conditions, **{k: primary["summary"].get(k) for k in
+                       ("baseline_accuracy", "ablated_accuracy", "accuracy_drop", "baseline_prob", "ablated_prob", "prob_drop")}}
+        run.write_json("results/ablation_results.json", results)
+        store.clear()
+        counts = dict(n_conditions=len(conditions), n_random_sets=len(rand_sets), n_selected=len(selected),
+                      n_test_questions=int(sum(len(c["question_id"]) for c in conditions if c["position_type"] == a.position_type)),
+                      n_skipped=int(sum(c["n_skipped"] for c in conditions)))
+        run.counts = counts
+    return run.counts
 
 # %% ../nbs/03_ablate.ipynb #6634ba04
 def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reuse
                  ) -> dict:
     "Step 3b: attention-knockout layer sweep on the binding test questions → results/knockout_results.json."
-    t0, exp, k = time.time(), Path(exp_dir), cfg.knockout
+    exp, k = Path(exp_dir), cfg.knockout
     check_knockout_attention(cfg)
-    bad = [f for f in k.flows if f not in FLOWS]
-    if bad: raise AblationError(f"knockout.flows has unknown flow(s) {bad}; choose from {', '.join(FLOWS)}.")
-    if k.window < 1: raise AblationError("knockout.window must be ≥ 1.")
-    df = held_out_questions(cfg, exp)["binding"]
-    vlm = _load_vlm(cfg, vlm)
-    layers = list(k.layers) if k.layers is not None else list(range(vlm.n_layers))
-    if any(not 0 <= l < vlm.n_layers for l in layers): raise AblationError(f"knockout.layers {layers} must lie in 0–{vlm.n_layers - 1}.")
-    L = cfg.model.target_layer
-    if not 0 <= L < vlm.n_layers: raise AblationError(f"model.target_layer {L} must lie in 0–{vlm.n_layers - 1}.")
-    cum = {"Image->Question": list(range(L + 1))}
-    _choose_variant(vlm, df, exp)
-    df, n_same_first = scorable(vlm, df)
-    needs_box = any(f.startswith("Image Central") or f.startswith("Image Without") for f in k.flows)
-    ok = positions_found(vlm, df, "question")
-    df = df[ok].reset_index(drop=True)
-    labels = [(fl, l) for fl in k.flows for l in layers] + [(fl, "cumulative") for fl in cum]
-    store = ChunkStore(exp, "knockout", inputs_key(cfg, exp, ["splits.csv", "feature_catalog.json"]))
-    base_all, cond_all, qids = {m: [] for m in METRICS}, {m: [] for m in METRICS}, []
-    qb, n_rows = plan_batches(vlm, len(layers), k.batch_size, shared_prefix=True,
-                              max_questions=8 if str(vlm.device).startswith("cuda") else 32)
-    for a0 in tqdm(range(0, len(df), qb), desc="knockout", leave=False):
-        g = df.iloc[a0:a0 + qb]
-        key = _chunk_name("knockout", g, len(labels))
-        r = store.load(key)
-        if r is None:
-            t, f = g["true option"].astype(str).tolist(), g["false option"].astype(str).tolist()
-            batch = encode_questions(vlm, g, pad_at="question")
-            boxes = [tuple(float(r_[f"central object {c}"]) for c in "xywh") for _, r_ in g.iterrows()] if needs_box else None
-            kb = knockout_batch(vlm, batch, list(k.flows), layers, k.window, option_token_ids(vlm, t), option_token_ids(vlm, f),
-                                n_rows, boxes, cumulative=cum)
-            keep = kb["baseline"]["correct"] > 0 if k.filter_correct else np.ones(len(g), bool)
-            r = dict(keep=keep, baseline={m: kb["baseline"][m][keep] for m in METRICS},
-                     conditions={m: kb["conditions"][m][keep] for m in METRICS})
-            store.save(key, r)
-        for m in METRICS: base_all[m].append(r["baseline"][m]); cond_all[m].append(r["conditions"][m])
-        qids += g["question_id"].astype(str)[np.asarray(r["keep"], bool)].tolist()
-        if k.max_samples is not None and len(qids) >= k.max_samples: break
-    n = len(qids) if k.max_samples is None else min(len(qids), k.max_samples)
-    base = {m: np.concatenate(v)[:n] for m, v in base_all.items()}
-    cond = {m: np.concatenate(v)[:n] for m, v in cond_all.items()}
-    curves = {}
-    for fl in k.flows:
-        cols = [i for i, (f_, _) in enumerate(labels) if f_ == fl and _ != "cumulative"]
-        pct = cond["pct_change_pred_token_prob"][:, cols]
-        dld = cond["logit_diff"][:, cols] - base["logit_diff"][:, None]
-        cis = [bootstrap_mean_ci(pct[:, j], cfg.ablation.n_bootstrap, seed=cfg.training.seed + j) for j in range(len(cols))]
-        curves[fl] = dict(layers=layers, mean_pct_change=[float(v) for v in pct.mean(0)] if n else [None] * len(cols),
-                          ci_low=[c[0] for c in cis], ci_high=[c[1] for c in cis],
-                          mean_logit_diff_change=[float(v) for v in dld.mean(0)] if n else [None] * len(cols),
-                          pct_change=[[float(x) for x in pct[:, j]] for j in range(len(cols))],
-                          logit_diff_change=[[float(x) for x in dld[:, j]] for j in range(len(cols))])
-    cumulative = {}
-    for fl, ls in cum.items():
-        j = labels.index((fl, "cumulative"))
-        pct, dld = cond["pct_change_pred_token_prob"][:, j], cond["logit_diff"][:, j] - base["logit_diff"]
-        cumulative[fl] = dict(layers=ls, logit_diff_change=[float(x) for x in dld], pct_change=[float(x) for x in pct],
-                              mean_logit_diff_change=_m(dld), mean_pct_change=_m(pct))
-    results = {"metadata": dict(window=int(k.window), flows=list(k.flows), n_questions=int(n), metric="pct_change_pred_token_prob",
-                                layers=layers, filter_correct=bool(k.filter_correct), n_candidates=int(len(df)),
-                                n_skipped=int((~ok).sum()), n_same_first_token=n_same_first, config_hash=config_hash(cfg), model=cfg.model.name,
-                                option_variant=vlm.option_variant, split="test", n_bootstrap=int(cfg.ablation.n_bootstrap),
-                                seed=int(cfg.training.seed), cumulative_layers={fl: ls for fl, ls in cum.items()}),
-               "question_id": qids[:n],
-               "baseline": {m: [float(x) for x in base[m]] for m in ("logit_diff", "pred_token_prob", "true_prob", "correct")},
-               "curves": curves, "cumulative": cumulative}
-    atomic_write_json(exp / "results" / "knockout_results.json", results)
-    store.clear()
-    counts = dict(n_questions=int(n), n_flows=len(k.flows), n_layers=len(layers))
-    mark_done(exp, "knockout", cfg, counts, round(time.time() - t0, 3))
-    return counts
+    with step_run(cfg, exp, "knockout") as run:
+        df = held_out_questions(cfg, exp)["binding"]
+        vlm = _load_vlm(cfg, vlm)
+        layers = list(k.layers) if k.layers is not None else list(range(vlm.n_layers))
+        if any(not 0 <= l < vlm.n_layers for l in layers): raise AblationError(f"knockout.layers {layers} must lie in 0–{vlm.n_layers - 1}.")
+        L = cfg.model.target_layer
+        if not 0 <= L < vlm.n_layers: raise AblationError(f"model.target_layer {L} must lie in 0–{vlm.n_layers - 1}.")
+        cum = {"Image->Question": list(range(L + 1))}
+        _choose_variant(vlm, df, exp)
+        df, n_same_first = scorable(vlm, df)
+        needs_box = any(f.startswith("Image Central") or f.startswith("Image Without") for f in k.flows)
+        ok = positions_found(vlm, df, "question")
+        df = df[ok].reset_index(drop=True)
+        labels = [(fl, l) for fl in k.flows for l in layers] + [(fl, "cumulative") for fl in cum]
+        store = ChunkStore(exp, "knockout", inputs_key(cfg, exp, ["splits.csv", "feature_catalog.json"]))
+        base_all, cond_all, qids = {m: [] for m in METRICS}, {m: [] for m in METRICS}, []
+        qb, n_rows = plan_batches(vlm, len(layers), k.batch_size, shared_prefix=True,
+                                  max_questions=8 if str(vlm.device).startswith("cuda") else 32)
+        for a0 in tqdm(range(0, len(df), qb), desc="knockout", leave=False):
+            g = df.iloc[a0:a0 + qb]
+            key = _chunk_name("knockout", g, len(labels))
+            r = store.load(key)
+            if r is None:
+                t, f = g["true option"].astype(str).tolist(), g["false option"].astype(str).tolist()
+                batch = encode_questions(vlm, g, pad_at="question")
+                boxes = [tuple(float(r_[f"central object {c}"]) for c in "xywh") for _, r_ in g.iterrows()] if needs_box else None
+                kb = knockout_batch(vlm, batch, list(k.flows), layers, k.window, option_token_ids(vlm, t), option_token_ids(vlm, f),
+                                    n_rows, boxes, cumulative=cum)
+                keep = kb["baseline"]["correct"] > 0 if k.filter_correct else np.ones(len(g), bool)
+                r = dict(keep=keep, baseline={m: kb["baseline"][m][keep] for m in METRICS},
+                         conditions={m: kb["conditions"][m][keep] for m in METRICS})
+                store.save(key, r)
+            for m in METRICS: base_all[m].append(r["baseline"][m]); cond_all[m].append(r["conditions"][m])
+            qids += g["question_id"].astype(str)[np.asarray(r["keep"], bool)].tolist()
+            if k.max_samples is not None and len(qids) >= k.max_samples: break
+        n = len(qids) if k.max_samples is None else min(len(qids), k.max_samples)
+        base = {m: np.concatenate(v)[:n] for m, v in base_all.items()}
+        cond = {m: np.concatenate(v)[:n] for m, v in cond_all.items()}
+        curves = {}
+        for fl in k.flows:
+            cols = [i for i, (f_, _) in enumerate(labels) if f_ == fl and _ != "cumulative"]
+            pct = cond["pct_change_pred_token_prob"][:, cols]
+            dld = cond["logit_diff"][:, cols] - base["logit_diff"][:, None]
+            cis = [bootstrap_mean_ci(pct[:, j], cfg.ablation.n_bootstrap, seed=cfg.training.seed + j) for j in range(len(cols))]
+            curves[fl] = dict(layers=layers, mean_pct_change=[float(v) for v in pct.mean(0)] if n else [None] * len(cols),
+                              ci_low=[c[0] for c in cis], ci_high=[c[1] for c in cis],
+                              mean_logit_diff_change=[float(v) for v in dld.mean(0)] if n else [None] * len(cols),
+                              pct_change=[[float(x) for x in pct[:, j]] for j in range(len(cols))],
+                              logit_diff_change=[[float(x) for x in dld[:, j]] for j in range(len(cols))])
+        cumulative = {}
+        for fl, ls in cum.items():
+            j = labels.index((fl, "cumulative"))
+            pct, dld = cond["pct_change_pred_token_prob"][:, j], cond["logit_diff"][:, j] - base["logit_diff"]
+            cumulative[fl] = dict(layers=ls, logit_diff_change=[float(x) for x in dld], pct_change=[float(x) for x in pct],
+                                  mean_logit_diff_change=_m(dld), mean_pct_change=_m(pct))
+        results = {"metadata": dict(window=int(k.window), flows=list(k.flows), n_questions=int(n), metric="pct_change_pred_token_prob",
+                                    layers=layers, filter_correct=bool(k.filter_correct), n_candidates=int(len(df)),
+                                    n_skipped=int((~ok).sum()), n_same_first_token=n_same_first, config_hash=config_hash(cfg), model=cfg.model.name,
+                                    option_variant=vlm.option_variant, split="test", n_bootstrap=int(cfg.ablation.n_bootstrap),
+                                    seed=int(cfg.training.seed), cumulative_layers={fl: ls for fl, ls in cum.items()}),
+                   "question_id": qids[:n],
+                   "baseline": {m: [float(x) for x in base[m]] for m in ("logit_diff", "pred_token_prob", "true_prob", "correct")},
+                   "curves": curves, "cumulative": cumulative}
+        run.write_json("results/knockout_results.json", results)
+        store.clear()
+        counts = dict(n_questions=int(n), n_flows=len(k.flows), n_layers=len(layers))
+        run.counts = counts
+    return run.counts

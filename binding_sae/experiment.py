@@ -13,8 +13,8 @@ import pandas as pd
 __all__ = ['log', 'ROLES', 'SPLITS', 'LOCK_NAME', 'TASK_KEYS', 'package_versions', 'save_config', 'check_experiment_dir',
            'prepare_experiment', 'read_step_json', 'step_done', 'mark_done', 'StepRun', 'step_run', 'FolderLockedError',
            'lock_holder', 'experiment_lock', 'ensure_world', 'role_questions', 'role_source', 'experiment_questions',
-           'questions_for', 'to_rgb', 'question_images', 'question_options', 'encode_questions', 'open_model',
-           'check_model']
+           'questions_for', 'split_questions', 'to_rgb', 'question_images', 'question_options', 'encode_questions',
+           'open_model', 'check_model']
 
 # %% ../nbs/17_experiment.ipynb #e72e51ef
 import yaml
@@ -287,6 +287,15 @@ def questions_for(df:pd.DataFrame, split:str, role:str="binding") -> pd.DataFram
     out = df[(df.split == split) & (df.role == role)].reset_index(drop=True)
     if not len(out): raise UserError(f"No {role} questions fall in the {split} split: add questions or change dataset.split_fractions.")
     return out
+
+def split_questions(df:pd.DataFrame, split:Split, role:str="binding") -> pd.DataFrame:
+    "`questions_for`, asserting that none of the questions, nor their images, is in the other of select and test."
+    q = questions_for(df, split, role)
+    other = {"select": "test", "test": "select"}[split]
+    rest = df[df.split == other]
+    if q.question_id.astype(str).isin(rest.question_id.astype(str)).any() or q.img_id.astype(str).isin(rest.img_id.astype(str)).any():
+        raise AssertionError(f"{role} questions of the {split} split overlap the {other} split (question or image id): the splits are broken.")
+    return q
 
 # %% ../nbs/17_experiment.ipynb #37ca9a76
 def to_rgb(im):

@@ -21,15 +21,13 @@ __all__ = ['log', 'GROUP_SCORES', 'IdentifyError', 'logprob_correct', 'string_co
            'frozen', 'spliced_attribution', 'pool_rows', 'score_features', 'set_logit_diffs', 'patched_logit_diffs',
            'distinct_first_tokens', 'set_effects', 'verify_features', 'rank_features', 'eligible_features',
            'selection_candidates', 'greedy_selection', 'backward_selection', 'check_random_pool', 'describe_features',
-           'histogram', 'catalog_entry', 'latent_scores', 'select_questions', 'identify_metadata', 'select_sets',
-           'identify_step', 'logit_diff_direction', 'plant_latents']
+           'histogram', 'catalog_entry', 'latent_scores', 'identify_metadata', 'select_sets', 'identify_step']
 
 # %% ../nbs/02_identify.ipynb #575f87b2
 from .config import Config, UserError, atomic_write_json, config_hash
-from .experiment import experiment_questions, questions_for, open_model, encode_questions, mark_done
-from .vlm import (score_options, score_logits, edit_residual, capture, greedy_answers, answer_matches,
-                             option_ids, option_token_ids)
-from .forward import SetAblation, Prefix, prefix_length, run_baseline, run_conditions
+from .experiment import experiment_questions, questions_for, split_questions, open_model, encode_questions, step_run
+from .vlm import score_options, score_logits, greedy_answers, answer_matches, option_ids, option_token_ids
+from .forward import SetAblation, Prefix, capture, edit_residual, prefix_length, run_baseline, run_conditions
 from .sae import load_sae
 
 # %% ../nbs/02_identify.ipynb #837c3d90
@@ -477,16 +475,6 @@ def latent_scores(res:dict, # from `score_features`
     out["score"] = out["binding_score"] if score == "binding" else out[score]
     return out
 
-# %% ../nbs/02_identify.ipynb #171081ee
-def select_questions(df:pd.DataFrame, # every role's questions with `split` (from `experiment_questions`)
-                    ) -> pd.DataFrame:
-    "The binding questions of the select split; asserts that none of them or their images is in test."
-    sel = questions_for(df, "select", "binding")
-    test = df[df.split == "test"]
-    if (sel.split != "select").any() or sel.question_id.isin(test.question_id).any() or sel.img_id.isin(test.img_id).any():
-        raise AssertionError("select questions overlap the test split (question or image id): the split is broken.")
-    return sel
-
 # %% ../nbs/02_identify.ipynb #f631547d
 def identify_metadata(cfg:Config, sae, n_select:int, res:dict, s:dict, candidates:list) -> dict:
     "The metadata block shared by both files."
@@ -539,66 +527,40 @@ def select_sets(cfg:Config, vlm, sae, questions:pd.DataFrame, s:dict, eligible:n
 
 def identify_step(cfg:Config, exp_dir) -> dict:
     "Step 2: score every SAE latent on the select split; write feature_catalog.json and feature_stats.json."
-    t0, exp, fi, layer = time.time(), Path(exp_dir), cfg.feature_identification, cfg.model.target_layer
-    df = experiment_questions(cfg, exp)
-    questions_for(df, "test", "binding")  # step 3 needs them: refuse now, not after the selection
-    sel = select_questions(df)
-    vlm = open_model(cfg)
-    sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=layer, device=vlm.device).eval()
-    res = score_features(vlm, sae, sel, layer, fi.position_type, fi.correctness_metric, fi.logprob_normalize, fi.batch_size)
-    s = latent_scores(res, fi.score, fi.min_activation, fi.min_group_size, fi.min_diff, fi.discrimination_threshold)
-    log.info("select: %d scored (%d skipped), %d correct, %d incorrect; splice error %.2g", len(res["index"]),
-             res["n_skipped"], s["n_correct"], s["n_incorrect"], res["splice_error"])
-    eligible = eligible_features(fi.score, s["score"], s["firing_rate"], fi.min_firing_rate, s["filters"])
-    if not eligible.any():
-        raise IdentifyError(f"No latent passes the filters (min_firing_rate {fi.min_firing_rate}, min_activation "
-                            f"{fi.min_activation}, score {fi.score!r} in the binding direction"
-                            + (", the old discrimination filters" if fi.score in GROUP_SCORES else "") + "): relax them.")
-    order, candidates, record = select_sets(cfg, vlm, sae, sel.iloc[res["index"]].reset_index(drop=True), s, eligible)
-    described = describe_features(vlm, sae, df[df.split == "select"].drop_duplicates("question_id").reset_index(drop=True),
-                                  layer, order, fi.position_type, fi.min_activation, fi.batch_size)
-    meta = {**identify_metadata(cfg, sae, len(sel), res, s, candidates), **record, "option_variant": vlm.option_variant}
-    catalog = {"metadata": meta, "selected_feature_ids": order,
-               "features": [catalog_entry(j, r, s, described[j]) for r, j in enumerate(order, 1)]}
-    stats = {"metadata": meta,
-             "all_features": {k: [_f(v) for v in s[k]] for k in ("firing_rate", "mean_activation", "score")},
-             "examples": {str(j): {"histogram": histogram(res["acts"][:, j]), "top_examples": described[j]["top_examples"]}
-                          for j in order}}
-    atomic_write_json(exp / "feature_catalog.json", catalog)
-    atomic_write_json(exp / "feature_stats.json", stats)
-    counts = {"n_select": len(sel), "n_scored": meta["n_scored"], "n_skipped": meta["n_skipped"],
-              "n_correct": s["n_correct"], "n_incorrect": s["n_incorrect"], "n_eligible": int(eligible.sum()),
-              "n_verified": len(candidates), "n_selected": len(order), "n_random_pool": record["n_random_pool"],
-              "splice_error": res["splice_error"]}
-    for k, v in record.get("select_comparison", {}).items():
-        log.info("select: %s set %s lowers logit_diff by %.1f %%", k, v["feature_ids"], 100 * (v["relative_drop"] or 0))
-        counts[f"select_relative_drop_{k}"] = v["relative_drop"]
-    mark_done(exp, "identify", cfg, counts, round(time.time() - t0, 3))
+    exp, fi, layer = Path(exp_dir), cfg.feature_identification, cfg.model.target_layer
+    with step_run(cfg, exp, "identify") as run:
+        df = experiment_questions(cfg, exp)
+        questions_for(df, "test", "binding")  # step 3 needs them: refuse now, not after the selection
+        sel = split_questions(df, "select")
+        vlm = open_model(cfg)
+        sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=layer, device=vlm.device).eval()
+        res = score_features(vlm, sae, sel, layer, fi.position_type, fi.correctness_metric, fi.logprob_normalize, fi.batch_size)
+        s = latent_scores(res, fi.score, fi.min_activation, fi.min_group_size, fi.min_diff, fi.discrimination_threshold)
+        log.info("select: %d scored (%d skipped), %d correct, %d incorrect; splice error %.2g", len(res["index"]),
+                 res["n_skipped"], s["n_correct"], s["n_incorrect"], res["splice_error"])
+        eligible = eligible_features(fi.score, s["score"], s["firing_rate"], fi.min_firing_rate, s["filters"])
+        if not eligible.any():
+            raise IdentifyError(f"No latent passes the filters (min_firing_rate {fi.min_firing_rate}, min_activation "
+                                f"{fi.min_activation}, score {fi.score!r} in the binding direction"
+                                + (", the old discrimination filters" if fi.score in GROUP_SCORES else "") + "): relax them.")
+        order, candidates, record = select_sets(cfg, vlm, sae, sel.iloc[res["index"]].reset_index(drop=True), s, eligible)
+        described = describe_features(vlm, sae, df[df.split == "select"].drop_duplicates("question_id").reset_index(drop=True),
+                                      layer, order, fi.position_type, fi.min_activation, fi.batch_size)
+        meta = {**identify_metadata(cfg, sae, len(sel), res, s, candidates), **record, "option_variant": vlm.option_variant}
+        catalog = {"metadata": meta, "selected_feature_ids": order,
+                   "features": [catalog_entry(j, r, s, described[j]) for r, j in enumerate(order, 1)]}
+        stats = {"metadata": meta,
+                 "all_features": {k: [_f(v) for v in s[k]] for k in ("firing_rate", "mean_activation", "score")},
+                 "examples": {str(j): {"histogram": histogram(res["acts"][:, j]), "top_examples": described[j]["top_examples"]}
+                              for j in order}}
+        run.write_json("feature_catalog.json", catalog)
+        run.write_json("feature_stats.json", stats)
+        counts = {"n_select": len(sel), "n_scored": meta["n_scored"], "n_skipped": meta["n_skipped"],
+                  "n_correct": s["n_correct"], "n_incorrect": s["n_incorrect"], "n_eligible": int(eligible.sum()),
+                  "n_verified": len(candidates), "n_selected": len(order), "n_random_pool": record["n_random_pool"],
+                  "splice_error": res["splice_error"]}
+        for k, v in record.get("select_comparison", {}).items():
+            log.info("select: %s set %s lowers logit_diff by %.1f %%", k, v["feature_ids"], 100 * (v["relative_drop"] or 0))
+            counts[f"select_relative_drop_{k}"] = v["relative_drop"]
+        run.counts = counts
     return counts
-
-# %% ../nbs/02_identify.ipynb #d5b6cd51
-def logit_diff_direction(vlm, layer:int, batch, positions:tuple, true_options:list[str], false_options:list[str]) -> torch.Tensor:
-    "∂(summed logit_diff)/∂(residual after `layer`), summed over `positions` [d_model]."
-    z = torch.zeros(vlm.d_model, device=vlm.device, dtype=torch.float32, requires_grad=True)
-    with frozen(vlm.model), torch.enable_grad(), edit_residual(vlm, layer, delta=z, positions=positions):
-        out = vlm.model(**batch.model_inputs(), use_cache=False, logits_to_keep=1)
-        ld = score_logits(vlm, out.logits[:, -1], true_options, false_options)["logit_diff"]
-        (g,) = torch.autograd.grad(ld.sum(), z)
-    return g
-
-def plant_latents(sae, x:torch.Tensor, # residual vectors at the chosen positions [n, d]
-                  direction:torch.Tensor, # the direction that raises logit_diff [d]
-                  planted:int=0, decoy:int=1, negative:int=2, # latents to overwrite
-                  level:float=0.25, # smallest activation, as a fraction of the mean residual norm
-                  seed:int=0):
-    "Overwrite three latents of a ReLU SAE: planted (reads/writes `direction`), decoy (orthogonal, 3× larger), negative (−direction)."
-    u = direction / direction.norm()
-    v = torch.randn(len(u), generator=torch.Generator().manual_seed(seed)).to(u)
-    v = v - (v @ u) * u; v = v / v.norm()
-    size = level * x.norm(dim=-1).mean()  # activations on the scale of the residual stream
-    with torch.no_grad():
-        for j, w, scale in ((planted, u, 1.0), (decoy, v, 3.0), (negative, -u, 1.0)):
-            proj = (x - sae.b_dec) @ w
-            sae.W_enc[:, j], sae.W_dec[j] = w * scale, w
-            sae.b_enc[j] = scale * (size - proj.min())  # fires on every position, at least `size`
-    return sae

@@ -23,7 +23,8 @@ from .data import image_unit
 from .experiment import experiment_questions, questions_for, open_model, encode_questions, step_run, step_done
 from .sae import (make_sae, train_sae, ActivationBatches, sae_metrics, save_sae, load_sae,
                              load_sae_checkpoint, load_shard)
-from .vlm import capture, edit_residual, forward_last, score_logits, choose_option_variant
+from .vlm import forward_last, score_logits, choose_option_variant
+from .forward import capture, edit_residual
 
 # %% ../nbs/01_train.ipynb #d86065d7
 log = logging.getLogger(__name__)
