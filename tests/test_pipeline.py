@@ -10,24 +10,34 @@ OUTPUTS = ["config.yaml", "splits.csv", "sae_checkpoint.pt", "sae/cfg.json", "sa
            "feature_dashboard/index.html", "manifest.json"] + [f"notebooks/{n}" for n in
            ["01_train.ipynb", "02_identify.ipynb", "03_ablate.ipynb", "04_analyze.ipynb", "05_visualize.ipynb"]]
 
-def run(*args):
+STEPS = ["train", "identify", "ablate", "knockout", "analyze", "visualize"]
+
+def cli(*args) -> str:
+    "Run the CLI; its stdout (exit code 0 asserted)."
     r = subprocess.run([sys.executable, "-m", "binding_sae.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout[r.stdout.index("{"):])
+    return r.stdout
+
+def run(*args) -> dict:
+    "Run the CLI with --json: the manifest it prints."
+    out = cli(*args, "--json")
+    return json.loads(out[out.index("{"):])
 
 def test_papermill_pipeline_skip_and_force(tmp_path):
     exp = tmp_path / "smoke"
     args = ["run", "--config", "configs/toy_smoke.yaml", "--experiment_dir", exp, "--set", "ablation.n_random_features=10"]
     m = run(*args)
-    assert {s: v["status"] for s, v in m["steps"].items()} == dict.fromkeys(["train", "identify", "ablate", "analyze", "visualize"], "done")
+    assert {s: v["status"] for s, v in m["steps"].items()} == dict.fromkeys(STEPS, "done")
     assert all(v["engine"] == "papermill" for v in m["steps"].values())
     missing = [o for o in OUTPUTS if not (exp / o).is_file()]
     assert not missing, missing
     report = json.loads((exp / "analysis/hypothesis_report.json").read_text())
     assert report["primary_metric"] == "logit_diff" and report["conditions"]
     stamp = (exp / "results/ablation_results.json").stat().st_mtime_ns
-    m = run(*args)                                   # same config: every step is skipped
-    assert {v["status"] for v in m["steps"].values()} == {"skipped"}
+    out = cli(*args)                                 # same config: every step is skipped; without --json, the verdict text
+    assert out.strip() and not out.lstrip().startswith("{"), out
+    m = json.loads((exp / "manifest.json").read_text())
+    assert {s: v["status"] for s, v in m["steps"].items()} == dict.fromkeys(STEPS, "skipped")
     assert (exp / "results/ablation_results.json").stat().st_mtime_ns == stamp
     m = run(*args, "--force", "--steps", "4,5")      # --force reruns (here the two cheapest steps)
     assert {s: v["status"] for s, v in m["steps"].items() if s in ("analyze", "visualize")} == {"analyze": "done", "visualize": "done"}

@@ -398,9 +398,7 @@ def test_data_error(case, tmp_path, tiny_cfg, world, capsys):
     cfg["dataset"].update(refined_dataset=str(w / "questions.csv"), image_folder=str(w / "images"))
     exp = tmp_path / "exp"
     main_fails(capsys, "train", "--config", write_yaml(tmp_path / "c.yaml", cfg), "--experiment_dir", exp, phrases=phrases)
-    assert_complete_files(exp)
-    assert set(snapshot(exp)) <= {"config.yaml", "manifest.json"}, snapshot(exp)
-    assert json.loads((exp / "manifest.json").read_text())["steps"]["train"]["status"] == "failed"
+    assert snapshot(exp) == {}, snapshot(exp)  # the pre-run input check refuses before anything is written
 
 SELECTION_CASES = {
     "csv_does_not_exist": (["--set", "dataset.refined_dataset=/nonexistent/questions.csv"], ["does not exist", "dataset.refined_dataset"]),
@@ -702,13 +700,22 @@ DRY_RUN_CONFIGS = sorted((ROOT / "nbs" / "test_data" / "configs").rglob("*.yaml"
 def test_dry_run_reference_configs(path, tmp_path):
     exp = tmp_path / "exp"
     r = run_cli("run", "--config", path, "--experiment_dir", exp, "--dry_run")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr and "error" not in r.stderr.lower(), r.stderr[-3000:]
-    # only warnings, one line each
-    assert all(l.startswith("binding-sae: warning: ") for l in r.stderr.splitlines() if l.strip()), r.stderr[-3000:]
-    out = json.loads(r.stdout)
-    assert out["dry_run"] is True and out["steps"]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
     assert not exp.exists(), "--dry_run must not write anything"
+    # warnings and errors, one line each
+    assert all(l.startswith("binding-sae: ") for l in r.stderr.splitlines() if l.strip()), r.stderr[-3000:]
+    errors = [l for l in r.stderr.splitlines() if l.startswith("binding-sae: error: ")]
+    if r.returncode == 2 and not path.name.startswith("toy"):
+        # an input this machine lacks (a 7B model, the GQA images): each named in one line with its fix
+        named = ("does not exist", "neither a local folder nor in the local HF cache", "has no config.json")
+        assert errors and all(any(n in l for n in named) for l in errors), r.stderr[-3000:]
+        return
+    assert r.returncode == 0 and not errors, r.stderr[-3000:]  # the toy configs' inputs ship with the repository
+    assert r.stdout.startswith(f"Dry run: {path} is valid"), r.stdout
+    assert r.stdout.rstrip().endswith("Nothing was written."), r.stdout
+    steps = r.stdout.split("A run would do ", 1)[1].split(" (engine")[0].split(", ")
+    from binding_sae.pipeline import STEPS
+    assert steps == [s.name for s in STEPS], steps  # every step, named
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -792,6 +799,8 @@ def test_kill_during_ablation_resumes(tmp_path, sets, reference):
     kept = {c: c.stat().st_mtime_ns for c in chunks()}
     assert kept and not (exp / "results" / "ablation_results.json").exists()
     r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_cli("knockout", *args[1:])  # the knockout sweep is a step of its own
     assert r.returncode == 0, r.stderr[-3000:]
     for f in ("ablation_results.json", "knockout_results.json"):
         assert (exp / "results" / f).read_bytes() == (reference / "results" / f).read_bytes(), f"resumed {f} differs"
