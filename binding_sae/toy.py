@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, json, logging, math, os, random, shlex, sys, tempfile, time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from transformers import CLIPImageProcessorPil
 from .config import UserError, atomic_path, atomic_write_json
 from .world import (FAMILIES, SINGLE_FAMILIES, world_vocabulary, split_words, scene_rng, sample_scene, render_scene,
                                scene_questions, scene_caption, world_scenes)
+from .toy_recipe import ToyRecipe, toy_train_parser, toy_eval_parser
 
 # %% ../nbs/14_toy.ipynb #4664b268
 logger = logging.getLogger(__name__)
@@ -385,16 +387,16 @@ def _probe(model, feats, scenes, sq, rng, family='binding_choose'):
 PROBE_FAMILIES = ('binding_choose', 'relation')
 
 # %% ../nbs/14_toy.ipynb #81ae7b0e
-def _train_once(seed, steps, device, pool_size, batch_size, lr, warmup, decay_fraction, vision_steps, probe_step,
-                probe_min, workers, log_every, model_kw, route=None):
-    "One training run; `route` = dict(p_early, p_late, switch, answer_word, single_fraction) turns on knockout augmentation."
-    t0 = time.time()
-    n_single = round(pool_size * route.get('single_fraction', 0.0)) if route else 0
+def _train_once(r:ToyRecipe, seed:int, device, workers:int, probe_min:float):
+    "One training run of recipe `r` with `seed`; returns (model, processor, attempt record) or (None, None, record) on a plateau."
+    t0, route = time.time(), r.route
+    steps, pool_size, batch_size, probe_step, log_every = r.steps, r.pool_size, r.batch_size, r.probe_step, r.log_every
+    n_single = round(pool_size * r.single_fraction)
     scenes, images = render_pool(pool_size, seed, 'train', workers, n_single)  # before CUDA is initialised (forks)
     is_single = torch.tensor([len(s['objects']) == 1 for s in scenes], device=device)
-    model, processor = build_toy_llava(seed=seed, **model_kw)
+    model, processor = build_toy_llava(seed=seed, **r.model_kw)
     model.to(device)
-    vacc = pretrain_vision(model, images, patch_labels(scenes), steps=vision_steps, seed=seed)
+    vacc = pretrain_vision(model, images, patch_labels(scenes), steps=r.vision_steps, seed=seed)
     logger.info('seed %d: vision pretraining %.1f s, accuracy %s', seed, time.time() - t0, vacc)
     with torch.no_grad():
         feats = torch.cat([patch_features(model, pixel_values(images[a:a + 1024].to(device)))
@@ -406,14 +408,14 @@ def _train_once(seed, steps, device, pool_size, batch_size, lr, warmup, decay_fr
                                          num_workers=max(0, workers - 1), prefetch_factor=8 if workers > 1 else None)
     batches = iter(loader)
     params = [p for n, p in model.named_parameters() if not n.startswith('model.vision_tower')]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01, fused=str(device).startswith('cuda'))
+    opt = torch.optim.AdamW(params, lr=r.lr, betas=(0.9, 0.98), weight_decay=0.01, fused=str(device).startswith('cuda'))
     use_bf16 = str(device).startswith('cuda')
     history, routed, check = [], dict(qa=0, blocked=0), None
     gen = torch.Generator(device=device).manual_seed(seed)  # which QA sequences are routed
     model.train()
     for step in range(steps):
         idx, ids, att, labels = (t.to(device, non_blocking=True) for t in next(batches))
-        for g in opt.param_groups: g['lr'] = _lr(step, steps, lr, warmup, decay_fraction)
+        for g in opt.param_groups: g['lr'] = _lr(step, steps, r.lr, r.warmup, r.decay_fraction)
         mask, p = att, 0.0
         if route:
             p = route_p(step, steps, route['p_early'], route['p_late'], route['switch'])
@@ -450,85 +452,52 @@ def _train_once(seed, steps, device, pool_size, batch_size, lr, warmup, decay_fr
 
 # %% ../nbs/14_toy.ipynb #3200a84e
 def toy_train(out_dir:str|Path='models/toy_llava', # checkpoint folder to write
-              seed:int=20, # first training seed (restarts use seed+1, seed+2, ...)
-              steps:int=8000, # language-model training steps
+              recipe:ToyRecipe|None=None, # the recipe (default: `ToyRecipe()`)
               device:str='auto', # 'auto', 'cpu', 'cuda', ...
-              pool_size:int=50_000, # training scenes rendered up front
-              batch_size:int=256, # sequences per step (half captions, half QA)
-              lr:float=2e-3, # AdamW peak learning rate
-              warmup:int=200, # warm-up steps
-              decay_fraction:float=0.3, # final fraction of steps with linear decay to 0
-              vision_steps:int=1500, # vision-tower pretraining steps
-              probe_step:int=8000, # when to check for the plateau (relation escaped only after ~6,500 steps)
-              probe_min:float=0.8, # restart when probe binding_choose accuracy is below this
-              max_restarts:int=3, # restarts after plateaus
-              eval_n:int=2000, # fresh scenes for the final evaluation
-              eval_seed:int=1, # world seed of the evaluation scenes
-              workers:int=None, # rendering processes (default: CPU count, at most 16)
-              log_every:int=500, # steps between probe logs
-              route_p_early:float=0.0, # knockout augmentation: share of QA sequences routed (0 = off, the plain recipe)
-              route_p_late:float=None, # share after `route_switch` (default: `route_p_early`)
-              route_switch:float=1.0, # fraction of the steps trained with `route_p_early`
-              route_answer_word:bool=True, # also cut the template word `answer` off from the image
-              single_fraction:float=0.0, # share of the training pool that are single-object scenes, answered directly
-              knockout_n:int=0, # fresh scenes for a knockout profile in the record (0 = none)
-              knockout_seed:int=7, # their world seed
-              command:str=None, # the command line to record (default: the equivalent toy-train call)
-              **model_kw, # passed to `build_toy_llava`
+              workers:int|None=None, # rendering / batching processes (default: CPU count, at most 16)
+              command:str|None=None, # the command line to record (default: the equivalent toy-train call)
+              **changes, # fields of `ToyRecipe` to change
              ) -> dict:
     "Train the toy LLaVA (restarting on a binding plateau), evaluate it on fresh scenes, save it; return the record."
     from binding_sae.config import resolve_device
-    device = resolve_device(device)
-    workers = workers or min(16, os.cpu_count() or 1)
-    for k, v in dict(route_p_early=route_p_early, route_p_late=route_p_late, route_switch=route_switch,
-                     single_fraction=single_fraction).items():
-        if v is not None and not 0 <= v <= 1: raise UserError(f'--{k} must lie in [0, 1], got {v}.')
-    if knockout_n < 0: raise UserError(f'--knockout_n must be at least 0, got {knockout_n}.')
-    route_p_late = route_p_early if route_p_late is None else route_p_late
-    route = (dict(p_early=route_p_early, p_late=route_p_late, switch=route_switch, answer_word=bool(route_answer_word),
-                  **({'single_fraction': single_fraction} if single_fraction else {}))
-             if route_p_early > 0 or route_p_late > 0 or single_fraction > 0 else None)
+    unknown = set(changes) - {f.name for f in fields(ToyRecipe)}
+    if unknown: raise UserError(f'Unknown toy-train setting(s) {sorted(unknown)}; see `binding-sae toy-train --help`.')
+    r = replace(recipe or ToyRecipe(), **changes)
+    device, workers = resolve_device(device), workers or min(16, os.cpu_count() or 1)
     t0, attempts = time.time(), []
-    for k in range(max_restarts + 1):
-        last = k == max_restarts  # the last attempt trains to the end whatever its probe says
-        model, processor, rec = _train_once(seed + k, steps, device, pool_size, batch_size, lr, warmup, decay_fraction,
-                                            vision_steps, probe_step, -1.0 if last else probe_min, workers, log_every,
-                                            model_kw, route)
+    for k in range(r.max_restarts + 1):
+        last = k == r.max_restarts  # the last attempt trains to the end whatever its probe says
+        model, processor, rec = _train_once(r, r.seed + k, device, workers, -1.0 if last else r.probe_min)
         attempts.append(rec)
         if model is not None: break
     train_time = time.time() - t0
     model = model.float().cpu()
-    rows, images = eval_questions(eval_n, eval_seed)
+    rows, images = eval_questions(r.eval_n, r.eval_seed)
     scores = score_questions(model, processor, rows, images)
     acc, greedy = family_accuracy(scores), family_accuracy(scores, 'greedy')
-    args = dict(seed=seed, steps=steps, pool_size=pool_size, batch_size=batch_size, lr=lr, warmup=warmup,
-                decay_fraction=decay_fraction, vision_steps=vision_steps, probe_step=probe_step, probe_min=probe_min,
-                max_restarts=max_restarts, eval_n=eval_n, eval_seed=eval_seed, workers=workers, log_every=log_every,
-                **(dict(route_p_early=route_p_early, route_p_late=route_p_late, route_switch=route_switch,
-                        route_answer_word=bool(route_answer_word)) if route else {}),
-                **({'single_fraction': single_fraction} if single_fraction else {}), **model_kw)
     record = dict(
-        seed_used=rec['seed'], steps=steps, train_time_s=round(train_time, 1), device=str(device),
-        n_parameters=sum(p.numel() for p in model.parameters()), arguments=args,
+        seed_used=rec['seed'], steps=r.steps, train_time_s=round(train_time, 1), device=str(device),
+        n_parameters=sum(p.numel() for p in model.parameters()), arguments=dict(asdict(r), workers=workers),
         attempts=attempts,
-        eval=dict(n_scenes=eval_n, seed=eval_seed, n_questions=len(scores), accuracy=acc, greedy_accuracy=greedy,
+        eval=dict(n_scenes=r.eval_n, seed=r.eval_seed, n_questions=len(scores), accuracy=acc, greedy_accuracy=greedy,
                   metric='first-token logit of true vs false option at the last prompt position (fp32, CPU)'),
-        command=command or 'binding-sae toy-train ' + ' '.join(f'--{k} {v}' for k, v in
-                                                               dict(out_dir=out_dir, seed=seed, steps=steps).items()),
-        eval_command=f'binding-sae toy-eval --json --n {eval_n} --seed {eval_seed}',
+        command=command or 'binding-sae toy-train ' + ' '.join(f'--{k} {v}' for k, v in dict(out_dir=out_dir, **r.changed()).items()),
+        eval_command=f'binding-sae toy-eval --json --n {r.eval_n} --seed {r.eval_seed}',
         versions=dict(torch=torch.__version__, transformers=__import__('transformers').__version__))
-    if route: record['route'] = dict(route, description='in a share p of the QA sequences the answer rows (answer tokens, '
-                                     "the last prompt token, the word 'answer') may not attend to the image tokens, in every "
-                                     'layer; p = p_early for the first `switch` fraction of the steps, then p_late; captions never'
-                                     + ('; in the QA sequences of the single-object scenes (single_fraction of the pool) the '
-                                        'question rows may not attend to the image instead, always' if single_fraction else ''))
+    if r.route: record['route'] = dict(r.route, description='in a share p of the QA sequences the answer rows (answer tokens, '
+                                       "the last prompt token, the word 'answer') may not attend to the image tokens, in every "
+                                       'layer; p = p_early for the first `switch` fraction of the steps, then p_late; captions never'
+                                       + ("; in the QA sequences of the single-object scenes (single_fraction of the pool) the "
+                                          "question rows and the word 'answer' may not attend to the image instead, always"
+                                          if r.single_fraction else ''))
     save_toy(model, processor, out_dir, record)
-    if knockout_n:
-        record['knockout'] = knockout_profile(out_dir, knockout_n, knockout_seed)
-        record['knockout_single'] = knockout_profile(out_dir, knockout_n, knockout_seed, family='color_single')
+    if r.knockout_n:
+        record['knockout'] = knockout_profile(out_dir, r.knockout_n, r.knockout_seed)
+        record['knockout_single'] = knockout_profile(out_dir, r.knockout_n, r.knockout_seed, family='color_single')
         atomic_write_json(Path(out_dir) / 'training_record.json', record)
     logger.info('trained in %.0f s; held-out accuracy %s', train_time, acc)
     return record
+
 
 # %% ../nbs/14_toy.ipynb #231454c8
 def toy_eval_scores(model_dir:str|Path='models/toy_llava', # checkpoint folder
@@ -600,42 +569,16 @@ def knockout_profile(model_dir:str|Path='models/toy_llava', # checkpoint folder
 # %% ../nbs/14_toy.ipynb #91028642
 def toy_train_cli(argv:list=None):
     "Entry point of `binding-sae toy-train`."
-    p = argparse.ArgumentParser(prog='binding-sae toy-train', description='Train the toy LLaVA on the synthetic world.')
-    p.add_argument('--out_dir', default='models/toy_llava'); p.add_argument('--seed', type=int, default=20)
-    p.add_argument('--steps', type=int, default=8000); p.add_argument('--device', default='auto')
-    p.add_argument('--pool_size', type=int, default=50_000); p.add_argument('--batch_size', type=int, default=256)
-    p.add_argument('--lr', type=float, default=2e-3); p.add_argument('--vision_steps', type=int, default=1500)
-    p.add_argument('--probe_step', type=int, default=8000); p.add_argument('--probe_min', type=float, default=0.8)
-    p.add_argument('--max_restarts', type=int, default=3); p.add_argument('--eval_n', type=int, default=2000)
-    p.add_argument('--eval_seed', type=int, default=1); p.add_argument('--log_every', type=int, default=500)
-    p.add_argument('--workers', type=int, default=None, help='rendering / batching processes')
-    p.add_argument('--d_model', type=int, default=128); p.add_argument('--n_layers', type=int, default=4)
-    p.add_argument('--vision_layers', type=int, default=3)
-    p.add_argument('--route_p_early', type=float, default=0.0,
-                   help='knockout augmentation: share of QA sequences whose answer rows may not see the image (0 = off)')
-    p.add_argument('--route_p_late', type=float, default=None, help='that share after --route_switch (default: --route_p_early)')
-    p.add_argument('--route_switch', type=float, default=1.0, help='fraction of the steps trained with --route_p_early')
-    p.add_argument('--route_answer_word', type=int, default=1, choices=(0, 1), help="1 = also cut the word 'answer' off the image")
-    p.add_argument('--single_fraction', type=float, default=0.0,
-                   help='share of the training pool that are single-object scenes, whose question rows may not see the image')
-    p.add_argument('--knockout_n', type=int, default=0, help='fresh scenes for a knockout profile in the training record')
-    p.add_argument('--knockout_seed', type=int, default=7)
-    a = p.parse_args(argv)
+    a = vars(toy_train_parser().parse_args(argv))
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
     cmd = 'binding-sae toy-train ' + ' '.join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    rec = toy_train(command=cmd, **vars(a))
+    rec = toy_train(a.pop('out_dir'), ToyRecipe(**{f.name: a.pop(f.name) for f in fields(ToyRecipe)}), command=cmd, **a)
     print(json.dumps(rec['eval']['accuracy'], sort_keys=True))
     return rec
 
 def toy_eval_cli(argv:list=None):
     "Entry point of `binding-sae toy-eval`; the last output line with `--json` is the family → accuracy object."
-    p = argparse.ArgumentParser(prog='binding-sae toy-eval', description='Evaluate the toy LLaVA on fresh world scenes.')
-    p.add_argument('--model', default='models/toy_llava'); p.add_argument('--n', type=int, default=2000)
-    p.add_argument('--seed', type=int, default=1); p.add_argument('--device', default='cpu')
-    p.add_argument('--json', action='store_true', help='print only the JSON object')
-    p.add_argument('--knockout_n', type=int, default=0, help='also print the knockout profile on this many fresh scenes')
-    p.add_argument('--knockout_seed', type=int, default=7)
-    a = p.parse_args(argv)
+    a = toy_eval_parser().parse_args(argv)
     if a.knockout_n < 0: raise UserError(f'--knockout_n must be at least 0, got {a.knockout_n}.')
     scores = toy_eval_scores(a.model, a.n, a.seed, a.device)
     acc = family_accuracy(scores)
