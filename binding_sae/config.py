@@ -574,14 +574,3 @@ def resolve_dtype(dtype="auto", # 'auto', 'bf16'/'bfloat16', 'fp16'/'float16', '
     name = _DTYPE_NAMES.get(str(dtype).removeprefix("torch."))
     if name is None: raise UserError(f"Unknown dtype {dtype!r}; use 'auto', 'bfloat16', 'float16' or 'float32'.")
     return getattr(torch, name)
-
-# %% ../nbs/10_config.ipynb #45024f1d
-_MOVED = ("package_versions", "save_config", "check_experiment_dir", "prepare_experiment", "read_step_json", "step_done",
-          "mark_done", "FolderLockedError", "LOCK_NAME", "lock_holder", "experiment_lock")
-
-def __getattr__(name):
-    "The names of `_MOVED`, looked up in `binding_sae.experiment` (where they live now)."
-    if name in _MOVED:
-        from binding_sae import experiment
-        return getattr(experiment, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,8 +19,8 @@ __all__ = ['log', 'ATTRIBUTES', 'CSS', 'PAGE_CSS', 'FACTS', 'JS', 'CHECK_LABELS'
            'feature_browser']
 
 # %% ../nbs/05_visualize.ipynb #f534c362
-from .config import (Config, UserError, atomic_path, atomic_write_json, atomic_write_text, mark_done, project_root,
-                                read_step_json)
+from .config import Config, UserError, atomic_path, atomic_write_json, atomic_write_text, project_root
+from .experiment import mark_done, read_step_json
 
 # %% ../nbs/05_visualize.ipynb #8f8c7538
 log = logging.getLogger(__name__)
