@@ -19,7 +19,7 @@ if [ "$nb_rc" -ne 0 ] && [ "$nb_failed" -eq 0 ]; then nb_failed=$n_nbs; fi
 nb_passed=$((n_nbs - nb_failed))
 py_passed=0; py_failed=0
 if ls tests/test_*.py >/dev/null 2>&1; then
-  timeout 900 python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$log"
+  timeout 1200 python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$log"
   py_rc=${PIPESTATUS[0]}
   py_passed=$(grep -Eo '[0-9]+ passed' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
   py_failed=$(grep -Eo '[0-9]+ (failed|error)' "$log" | awk '{s+=$1} END {print s+0}')
