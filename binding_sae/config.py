@@ -13,14 +13,15 @@ import types
 
 # %% auto #0
 __all__ = ['UNWRITABLE_ERRNOS', 'Architecture', 'PositionKind', 'EditPosition', 'AblationMode', 'Baseline', 'ControlTask',
-           'Split', 'Flow', 'PrimaryMetric', 'CorrectnessMetric', 'FeatureScore', 'Selection', 'AttnImplementation',
-           'ModelDtype', 'ShardDtype', 'TrainDtype', 'IGNORED_KEYS', 'MODEL_ALIASES', 'METRIC_ALIASES', 'CHOICES',
-           'RANGES', 'UserError', 'ConfigError', 'DiskFullError', 'IgnoredKeyWarning', 'not_writable', 'atomic_path',
-           'atomic_write_bytes', 'atomic_write_text', 'to_json', 'atomic_write_json', 'choices', 'ModelConfig',
-           'SAEConfig', 'TrainingConfig', 'HarvestConfig', 'ExperimentConfig', 'WorldConfig', 'DatasetConfig',
-           'FeatureIdentificationConfig', 'AblationConfig', 'KnockoutConfig', 'EvaluationConfig', 'Config',
-           'schema_fields', 'out_of_range', 'project_root', 'read_yaml', 'config_from_dict', 'load_config',
-           'config_reference', 'config_hash', 'resolve_experiment_dir', 'resolve_device', 'resolve_dtype']
+           'Split', 'Flow', 'PairSource', 'PrimaryMetric', 'CorrectnessMetric', 'FeatureScore', 'Selection',
+           'AttnImplementation', 'ModelDtype', 'ShardDtype', 'TrainDtype', 'IGNORED_KEYS', 'MODEL_ALIASES',
+           'METRIC_ALIASES', 'CHOICES', 'RANGES', 'UserError', 'ConfigError', 'DiskFullError', 'IgnoredKeyWarning',
+           'not_writable', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text', 'to_json', 'atomic_write_json',
+           'choices', 'ModelConfig', 'SAEConfig', 'TrainingConfig', 'HarvestConfig', 'ExperimentConfig', 'WorldConfig',
+           'DatasetConfig', 'FeatureIdentificationConfig', 'AblationConfig', 'KnockoutConfig', 'InterchangeConfig',
+           'EvaluationConfig', 'Config', 'schema_fields', 'out_of_range', 'project_root', 'read_yaml',
+           'config_from_dict', 'load_config', 'config_reference', 'config_hash', 'resolve_experiment_dir',
+           'resolve_device', 'resolve_dtype']
 
 # %% ../nbs/10_config.ipynb #c1dc8e04
 import yaml
@@ -101,7 +102,9 @@ Baseline = Literal["top_mean_activation", "top_firing_rate", "top_decoded_norm",
 ControlTask = Literal["control", "relation", "readout"]                       # question roles that serve as controls
 Split = Literal["sae_train", "select", "test"]                                # SAE training, feature selection, the test
 Flow = Literal["Image->Question", "Image->Last", "Question->Last", "Last->Last",
-               "Image Central Object->Question", "Image Without Central Object->Question"]  # attention flows a knockout blocks
+               "Image Central Object->Question", "Image Without Central Object->Question",
+               "Image Central Object->Last", "Image Without Central Object->Last"]  # attention flows a knockout blocks
+PairSource = Literal["auto", "twins", "same_question"]                       # where counterfactual pairs come from
 PrimaryMetric = Literal["logit_diff", "pred_token_prob", "gt_token_prob"]
 CorrectnessMetric = Literal["option_logprob", "string_match"]
 FeatureScore = Literal["binding", "smd", "auroc"]
@@ -177,6 +180,7 @@ class ExperimentConfig:
 class WorldConfig:
     n_scenes: int = 3000                    # scenes generated for the toy experiment
     seed: int = 0                           # seed of the synthetic world
+    counterfactuals: bool = True            # also write counterfactual twins of every binding question (counterfactuals.csv)
 
 @dataclass
 class DatasetConfig:
@@ -241,6 +245,18 @@ class KnockoutConfig:
     output_subdir: str | None = None        # old pipeline's key (ignored)
 
 @dataclass
+class InterchangeConfig:
+    enabled: bool = True                    # run the interchange step (swap the selected features between counterfactual scenes)
+    pairs: PairSource = "auto"              # twins = the world's counterfactual twins (counterfactuals.csv beside the question CSV); same_question = test rows with the same question and exchanged options; auto = twins when the file exists
+    n_random_sets: int = 200                # matched random sets (the ablation's, in order) swapped as the null
+    min_pairs: int = 20                     # fewest usable pairs; fewer is an error
+    max_pairs: int | None = None            # cap on pairs (None = all)
+    filter_correct: bool = True             # only pairs whose two scenes the model answers right
+    batch_size: int = 64                    # conditions per suffix forward
+    min_full_swap: float = 0.9              # the whole residual swapped at the positions must flip at least this share of pairs (else the pairs or positions cannot carry the answer)
+    max_same_flip: float = 0.05             # the selected features swapped from a same-answer scene may flip at most this share (else the swap only disrupts)
+
+@dataclass
 class EvaluationConfig:
     primary_metric: PrimaryMetric = "logit_diff"  # metric the statistics test
     significance_level: float = 0.05        # alpha for Holm-corrected permutation p
@@ -262,6 +278,7 @@ class Config:
     feature_identification: FeatureIdentificationConfig = field(default_factory=FeatureIdentificationConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     knockout: KnockoutConfig = field(default_factory=KnockoutConfig)
+    interchange: InterchangeConfig = field(default_factory=InterchangeConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     source: str | None = None               # the file this config was read from (not hashed)
     base_dir: str | None = None             # relative paths are relative to this folder (not hashed)
@@ -327,6 +344,8 @@ RANGES = {
     "ablation.delta_scale": "> 0", "ablation.n_random_features": "≥ 1", "ablation.n_bootstrap": "≥ 1",
     "ablation.match_bins": "≥ 1", "ablation.batch_size": "≥ 1",
     "knockout.window": "≥ 1", "knockout.layers": "≥ 0", "knockout.max_samples": "≥ 1", "knockout.batch_size": "≥ 1",
+    "interchange.n_random_sets": "≥ 1", "interchange.min_pairs": "≥ 1", "interchange.max_pairs": "≥ 1",
+    "interchange.batch_size": "≥ 1", "interchange.min_full_swap": "[0, 1]", "interchange.max_same_flip": "[0, 1]",
     "evaluation.significance_level": "(0, 1)", "evaluation.min_relative_drop": "≥ 0", "evaluation.max_match_smd": "> 0",
     "evaluation.readout_max_share": "(0, 1]",
 }
