@@ -5,14 +5,16 @@
 # %% ../nbs/12_world.ipynb #ae876fe8
 from __future__ import annotations
 import json, logging, random
+from collections import Counter
 from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw
 
 # %% auto #0
 __all__ = ['logger', 'COLORS', 'SHAPES', 'FAMILIES', 'SINGLE_FAMILIES', 'IMAGE_SIZE', 'GRID', 'COUNT_WORDS', 'COLUMNS',
-           'scene_rng', 'sample_scene', 'render_scene', 'scene_caption', 'scene_questions', 'world_vocabulary',
-           'split_words', 'question_rows', 'world_scenes', 'make_world']
+           'TWIN_FAMILIES', 'TWIN_KINDS', 'CF_COLUMNS', 'scene_rng', 'sample_scene', 'render_scene', 'scene_caption',
+           'scene_questions', 'world_vocabulary', 'split_words', 'question_rows', 'world_scenes', 'swap_twin',
+           'same_twin', 'twin_central', 'scene_twins', 'make_world', 'write_counterfactuals', 'read_counterfactuals']
 
 # %% ../nbs/12_world.ipynb #13e38913
 from .config import UserError, atomic_path, atomic_write_text
@@ -38,21 +40,24 @@ def scene_rng(seed:int, # world seed
     return random.Random(f'{stream}:{seed}:{i}')
 
 # %% ../nbs/12_world.ipynb #76dd2dc1
+def _cell_xy(rng:random.Random, cell:int, size:int) -> tuple:
+    "A random top-left corner (x, y) for an object of `size` px inside grid cell `cell`, at least 1 px from its edges."
+    cell_px = IMAGE_SIZE // GRID; r, c = divmod(cell, GRID)
+    return c * cell_px + rng.randint(1, cell_px - 1 - size), r * cell_px + rng.randint(1, cell_px - 1 - size)
+
 def sample_scene(rng:random.Random, # source of randomness (see `scene_rng`)
                  img_id:str, # image id of the scene
                  min_objects:int=2, # fewest objects
                  max_objects:int=4, # most objects
                 ) -> dict:
     "Sample a scene: distinct (colour, shape) objects, one per grid cell, with size, offset and colour jitter."
-    cell_px = IMAGE_SIZE // GRID
     n = rng.randint(min_objects, max_objects)
     pairs = rng.sample([(c, s) for c in COLORS for s in SHAPES], n)
     cells = rng.sample(range(GRID * GRID), n)
     objects = []
     for (color, shape), cell in zip(pairs, cells):
         size = rng.randint(8, 14)
-        r, c = divmod(cell, GRID)
-        x, y = c * cell_px + rng.randint(1, cell_px - 1 - size), r * cell_px + rng.randint(1, cell_px - 1 - size)
+        x, y = _cell_xy(rng, cell, size)
         rgb = [min(255, max(0, v + rng.randint(-15, 15))) for v in COLORS[color]]
         objects.append(dict(color=color, shape=shape, size=size, bbox=[x, y, size, size], cell=cell, rgb=rgb))
     bg = [rng.randint(20, 45)] * 3
@@ -209,27 +214,32 @@ def _box_cols(prefix:str, o:dict|None) -> dict:
     return {f'{prefix} name': o['shape'], **{f'{prefix} {k}': v for k, v in zip('xywh', o['bbox'])}}
 
 # %% ../nbs/12_world.ipynb #4af4b09b
+def _question_items(scene:dict, rng:random.Random, families:tuple, per_family:int) -> list:
+    "(CSV row, question dict) of each of one scene's questions; the question dicts hold the scene's objects they are about."
+    objs = [{k: o[k] for k in ('color', 'shape', 'size', 'bbox', 'cell')} for o in scene['objects']]
+    objects_json = json.dumps(objs, sort_keys=True)
+    caption = scene_caption(scene, rng)
+    items = []
+    for j, q in enumerate(scene_questions(scene, rng, families, per_family)):
+        c = q['central']
+        items.append(({'question_id': f"{scene['img_id']}_{j}", 'img_id': scene['img_id'], 'question': q['question'],
+                       'answer': q['answer'], 'true option': q['true_option'], 'false option': q['false_option'],
+                       'type_detailed': q['type_detailed'], 'type_semantic': q['type_semantic'],
+                       'type_structural': q['type_structural'], 'image_w': IMAGE_SIZE, 'image_h': IMAGE_SIZE,
+                       **_box_cols('central object', c),
+                       'central object color': c['color'] if c else None, 'central object shape': c['shape'] if c else None,
+                       **_box_cols('object1', c), **_box_cols('object2', q['other']),
+                       'objects': objects_json, 'captions': caption}, q))
+    return items
+
 def question_rows(scene:dict, # a scene from `sample_scene`
                   rng:random.Random, # source of randomness
                   families:tuple=FAMILIES, # question families to ask
                   per_family:int=1, # questions per family
                  ) -> list:
     "The CSV rows (GQA schema) of one scene's questions."
-    objs = [{k: o[k] for k in ('color', 'shape', 'size', 'bbox', 'cell')} for o in scene['objects']]
-    objects_json = json.dumps(objs, sort_keys=True)
-    caption = scene_caption(scene, rng)
-    rows = []
-    for j, q in enumerate(scene_questions(scene, rng, families, per_family)):
-        c = q['central']
-        rows.append({'question_id': f"{scene['img_id']}_{j}", 'img_id': scene['img_id'], 'question': q['question'],
-                     'answer': q['answer'], 'true option': q['true_option'], 'false option': q['false_option'],
-                     'type_detailed': q['type_detailed'], 'type_semantic': q['type_semantic'],
-                     'type_structural': q['type_structural'], 'image_w': IMAGE_SIZE, 'image_h': IMAGE_SIZE,
-                     **_box_cols('central object', c),
-                     'central object color': c['color'] if c else None, 'central object shape': c['shape'] if c else None,
-                     **_box_cols('object1', c), **_box_cols('object2', q['other']),
-                     'objects': objects_json, 'captions': caption})
-    return rows
+    return [row for row, _ in _question_items(scene, rng, families, per_family)]
+
 
 # %% ../nbs/12_world.ipynb #91862d48
 def world_scenes(n_scenes:int, # number of scenes
@@ -244,6 +254,118 @@ def world_scenes(n_scenes:int, # number of scenes
         rng = scene_rng(seed, i, stream)
         yield sample_scene(rng, f'{prefix}{seed}_{i:06d}', min_objects, max_objects), rng
 
+# %% ../nbs/12_world.ipynb #7c1a0e02
+TWIN_FAMILIES = ('binding_choose', 'binding_query', 'shape_query')  # the families with a central object and a distractor
+TWIN_KINDS = ('swap', 'same')
+_NAMED_BY = dict(binding_choose=('shape', 'color'), binding_query=('shape', 'color'),
+                 shape_query=('color', 'shape'))  # (what the question names its object by, what it asks)
+
+def swap_twin(scene:dict, # a scene from `sample_scene`
+              q:dict, # one of its questions (from `scene_questions`) with a `central` and an `other` object
+              img_id:str, # the twin's image id
+             ) -> dict:
+    "`scene` with the colours (name and rgb) of `q`'s central object and distractor exchanged; all else the same."
+    objs = [dict(o, bbox=list(o['bbox']), rgb=list(o['rgb'])) for o in scene['objects']]
+    a, b = objs[scene['objects'].index(q['central'])], objs[scene['objects'].index(q['other'])]
+    (a['color'], a['rgb']), (b['color'], b['rgb']) = (b['color'], b['rgb']), (a['color'], a['rgb'])
+    return dict(scene, img_id=img_id, objects=objs)
+
+def same_twin(scene:dict, # a scene from `sample_scene`
+              q:dict, # one of its questions (from `scene_questions`) with a `central` object
+              rng:random.Random, # the twin's own random stream
+              img_id:str, # the twin's image id
+             ) -> dict:
+    "`scene`'s objects (colour, shape, size, rgb) in new grid cells, the central one in another cell, with fresh offsets."
+    k, n = scene['objects'].index(q['central']), len(scene['objects'])
+    cells = rng.sample(range(GRID * GRID), n)
+    while cells[k] == q['central']['cell']: cells = rng.sample(range(GRID * GRID), n)
+    objs = [dict(o, cell=cell, bbox=[*_cell_xy(rng, cell, o['size']), o['size'], o['size']], rgb=list(o['rgb']))
+            for o, cell in zip(scene['objects'], cells)]
+    return dict(scene, img_id=img_id, objects=objs)
+
+def twin_central(objects:list, # the twin's objects
+                 family:str, # the question's family (one of `TWIN_FAMILIES`)
+                 named:str, # what the question names its object by: a shape (a colour for `shape_query`)
+                 true:str, # the twin's expected true option
+                 false:str, # the twin's expected false option
+                ) -> tuple:
+    "`(object the question asks about, None)` in a twin, or `(None, why the question is not well-posed there)`."
+    if len({(o['color'], o['shape']) for o in objects}) < len(objects): return None, 'two identical objects'
+    by, asked = _NAMED_BY[family]
+    hits = [o for o in objects if o[by] == named]
+    if len(hits) != 1: return None, f'the {by} names {len(hits)} objects'
+    c = hits[0]
+    if c[asked] != true or false not in {o[asked] for o in objects if o is not c}: return None, 'another answer'
+    return c, None
+
+
+# %% ../nbs/12_world.ipynb #7c1a0e04
+CF_COLUMNS = (['question_id', 'kind', 'img_id', 'question', 'true option', 'false option']
+              + [f'central object {k}' for k in 'xywh'])
+
+def scene_twins(scene:dict, # a scene from `sample_scene`
+                items:list, # its `(CSV row, question)` pairs, in the order of `questions.csv`
+                seed:int, # world seed
+                i:int, # scene index
+                stream:str='world', # the scene's random stream
+               ) -> tuple:
+    "The twins of one scene's binding questions as `(family, twin scene, counterfactuals.csv row)`, and `(family, kind, why)` per twin skipped."
+    twins, skipped = [], []
+    for j, (row, q) in enumerate(items):
+        fam = q['type_detailed']
+        if fam not in TWIN_FAMILIES: continue
+        named = q['central'][_NAMED_BY[fam][0]]
+        for kind in TWIN_KINDS:
+            img_id = f"{row['question_id']}_{kind}"
+            if kind == 'swap': tw, true, false = swap_twin(scene, q, img_id), q['false_option'], q['true_option']
+            else: tw, true, false = same_twin(scene, q, scene_rng(seed, i, f'{stream}-twin{j}'), img_id), q['true_option'], q['false_option']
+            c, why = twin_central(tw['objects'], fam, named, true, false)
+            if c is None: skipped.append((fam, kind, why)); continue
+            twins.append((fam, tw, {'question_id': row['question_id'], 'kind': kind, 'img_id': img_id,
+                                    'question': q['question'], 'true option': true, 'false option': false,
+                                    **{f'central object {k}': v for k, v in zip('xywh', c['bbox'])}}))
+    return twins, skipped
+
+
+# %% ../nbs/12_world.ipynb #7c1a0e06
+def _save_png(img_dir:Path, scene:dict):
+    with atomic_path(img_dir / f"{scene['img_id']}.png") as tmp: render_scene(scene).save(tmp, format='PNG')
+
+def _world(n_scenes, seed, families, per_family, min_objects, max_objects, n_single, counterfactuals):
+    "Yield `(scene, its CSV rows, its twins, its skipped twins)` for every scene of a world, in file order."
+    for fams, stream, scenes in ((families, 'world', world_scenes(n_scenes, seed, min_objects, max_objects)),
+                                 (SINGLE_FAMILIES, 'single', world_scenes(n_single, seed, 1, 1, stream='single', prefix='s'))):
+        for i, (scene, rng) in enumerate(scenes):
+            items = _question_items(scene, rng, fams, per_family)
+            twins, skipped = scene_twins(scene, items, seed, i, stream) if counterfactuals else ([], [])
+            yield scene, [row for row, _ in items], twins, skipped
+
+def _check_world_args(n_scenes, min_objects, max_objects, n_single):
+    if n_scenes < 1: raise UserError(f'n_scenes must be at least 1, got {n_scenes}.')
+    if not 1 <= min_objects <= max_objects <= GRID * GRID:
+        raise UserError(f'Need 1 <= min_objects <= max_objects <= {GRID*GRID}, got {min_objects}, {max_objects}.')
+    if n_single < 0: raise UserError(f'n_single must be at least 0, got {n_single}.')
+
+def _questions_csv(rows:list) -> str:
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    for c in ('central object', 'object1', 'object2'):
+        for k in 'xywh': df[f'{c} {k}'] = df[f'{c} {k}'].astype('Int64')
+    return df.to_csv(index=False)
+
+def _write_twins(out_dir:Path, twins:list, skipped:list) -> Path:
+    "Save the twins' PNGs under `images/`, then `counterfactuals.csv`; log per family and kind how many were written and skipped."
+    for _, tw, _ in twins: _save_png(out_dir / 'images', tw)
+    csv = out_dir / 'counterfactuals.csv'
+    atomic_write_text(csv, pd.DataFrame([row for _, _, row in twins], columns=CF_COLUMNS).to_csv(index=False))
+    for fam in TWIN_FAMILIES:
+        for kind in TWIN_KINDS:
+            why = Counter(w for f, k, w in skipped if (f, k) == (fam, kind))
+            logger.info('counterfactual twins %s %s: %d written, %d skipped%s', fam, kind,
+                        sum((f, r['kind']) == (fam, kind) for f, _, r in twins), sum(why.values()),
+                        f" ({', '.join(f'{w}: {n}' for w, n in sorted(why.items()))})" if why else '')
+    return csv
+
+
 # %% ../nbs/12_world.ipynb #9712ed7a
 def make_world(out_dir:str|Path, # folder to write `questions.csv` and `images/` into
                n_scenes:int=1000, # number of scenes (images)
@@ -253,25 +375,61 @@ def make_world(out_dir:str|Path, # folder to write `questions.csv` and `images/`
                min_objects:int=2, # fewest objects per scene
                max_objects:int=4, # most objects per scene
                n_single:int|None=None, # extra single-object scenes with a `color_single` question (None = n_scenes // 10)
+               counterfactuals:bool=False, # also write the binding questions' twins (PNGs + `counterfactuals.csv`)
               ) -> Path:
     "Write a synthetic binding world (GQA-schema CSV + PNG images) into `out_dir`; returns the CSV path."
-    if n_scenes < 1: raise UserError(f'n_scenes must be at least 1, got {n_scenes}.')
-    if not 1 <= min_objects <= max_objects <= GRID * GRID:
-        raise UserError(f'Need 1 <= min_objects <= max_objects <= {GRID*GRID}, got {min_objects}, {max_objects}.')
     n_single = n_scenes // 10 if n_single is None else n_single
-    if n_single < 0: raise UserError(f'n_single must be at least 0, got {n_single}.')
+    _check_world_args(n_scenes, min_objects, max_objects, n_single)
     out_dir = Path(out_dir); img_dir = out_dir / 'images'; img_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for fams, scenes in ((families, world_scenes(n_scenes, seed, min_objects, max_objects)),
-                         (SINGLE_FAMILIES, world_scenes(n_single, seed, 1, 1, stream='single', prefix='s'))):
-        for scene, rng in scenes:
-            with atomic_path(img_dir / f"{scene['img_id']}.png") as tmp:
-                render_scene(scene).save(tmp, format='PNG')
-            rows.extend(question_rows(scene, rng, fams, per_family))
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    for c in ('central object', 'object1', 'object2'):
-        for k in 'xywh': df[f'{c} {k}'] = df[f'{c} {k}'].astype('Int64')
+    rows, twins, skipped = [], [], []
+    for scene, r, tw, sk in _world(n_scenes, seed, families, per_family, min_objects, max_objects, n_single, counterfactuals):
+        _save_png(img_dir, scene); rows += r; twins += tw; skipped += sk
+    if counterfactuals: _write_twins(out_dir, twins, skipped)
+    else: (out_dir / 'counterfactuals.csv').unlink(missing_ok=True)  # twins of an earlier world in this folder would not match
     csv = out_dir / 'questions.csv'
-    atomic_write_text(csv, df.to_csv(index=False))
-    logger.info('wrote %d questions about %d + %d single-object scenes to %s', len(df), n_scenes, n_single, out_dir)
+    atomic_write_text(csv, _questions_csv(rows))
+    logger.info('wrote %d questions about %d + %d single-object scenes to %s', len(rows), n_scenes, n_single, out_dir)
     return csv
+
+
+# %% ../nbs/12_world.ipynb #7c1a0e08
+def write_counterfactuals(out_dir:str|Path, # a world folder written by `make_world`
+                          n_scenes:int=1000, # the `make_world` arguments of that world ...
+                          seed:int=0,
+                          families:tuple=FAMILIES,
+                          per_family:int=1,
+                          min_objects:int=2,
+                          max_objects:int=4,
+                          n_single:int|None=None, # ... (None = n_scenes // 10)
+                          strict:bool=True, # a `questions.csv` the arguments do not reproduce: `UserError` (else a warning and None)
+                         ) -> Path|None:
+    "Write only the twins (PNGs + `counterfactuals.csv`) of an existing world, regenerated from its seed; `questions.csv` is read, never written."
+    n_single = n_scenes // 10 if n_single is None else n_single
+    _check_world_args(n_scenes, min_objects, max_objects, n_single)
+    out_dir = Path(out_dir); csv = out_dir / 'questions.csv'
+    if not csv.exists(): raise UserError(f'{csv} does not exist: write the world first (make_world, or binding-sae make-world).')
+    rows, twins, skipped = [], [], []
+    for _, r, tw, sk in _world(n_scenes, seed, families, per_family, min_objects, max_objects, n_single, True):
+        rows += r; twins += tw; skipped += sk
+    if _questions_csv(rows).encode('utf-8') != csv.read_bytes():
+        msg = (f'{csv} is not the world of n_scenes={n_scenes}, seed={seed} with these families and object counts, so its '
+               f'twins cannot be regenerated: delete {out_dir} and generate the world again with counterfactuals on.')
+        if strict: raise UserError(msg)
+        logger.warning('%s', msg); return None
+    return _write_twins(out_dir, twins, skipped)
+
+def read_counterfactuals(questions_csv:str|Path, # a world's `questions.csv`; the twins are read from the file beside it
+                        ) -> pd.DataFrame|None:
+    "The twins of a world (`counterfactuals.csv` beside `questions_csv`), or None when it has none."
+    p = Path(questions_csv).parent / 'counterfactuals.csv'
+    if not p.exists(): return None
+    fix = f'delete {p} and write the twins again (write_counterfactuals, or a run with dataset.world.counterfactuals: true)'
+    try: df = pd.read_csv(p, dtype={c: str for c in CF_COLUMNS[:6]}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f'{p} cannot be read as a CSV ({type(e).__name__}): {fix}.') from e
+    if list(df.columns) != CF_COLUMNS:
+        missing, extra = [c for c in CF_COLUMNS if c not in df.columns], [c for c in df.columns if c not in CF_COLUMNS]
+        raise UserError(f'{p} does not have the twin columns {CF_COLUMNS} (missing {missing}, unexpected {extra}): {fix}.')
+    if bad := sorted(set(df.kind) - set(TWIN_KINDS)): raise UserError(f'{p} has twin kinds {bad}, not only {list(TWIN_KINDS)}: {fix}.')
+    return df
+
