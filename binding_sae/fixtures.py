@@ -13,7 +13,8 @@ from PIL import Image
 # %% auto #0
 __all__ = ['SYNTHETIC_CONDITIONS', 'BASELINE_SHIFTS', 'SYNTHETIC_COLORS', 'planted_dictionary', 'dictionary_recovery',
            'make_standin_images', 'random_llava_config', 'llama2_processor', 'random_llava', 'logit_diff_direction',
-           'plant_latents', 'synthetic_matching', 'synthetic_ablation_results', 'write_synthetic_experiment']
+           'plant_latents', 'AblationSimulation', 'synthetic_matching', 'synthetic_ablation_results',
+           'write_synthetic_experiment', 'write_fixture_experiment']
 
 # %% ../nbs/20_fixtures.ipynb #9e8cd4cb
 from .config import atomic_path
@@ -160,6 +161,7 @@ def plant_latents(sae, x:torch.Tensor, # residual vectors at the chosen position
 
 # %% ../nbs/20_fixtures.ipynb #c3dd9eab
 import math
+from dataclasses import dataclass, field, replace
 import numpy as np
 from .config import PrimaryMetric, atomic_write_json, choices
 from .forward import ConditionRecord
@@ -184,8 +186,23 @@ _ANSWERS = {"binding": SYNTHETIC_COLORS, "readout": SYNTHETIC_COLORS, "control":
 
 def _sigmoid(x): return 1 / (1 + np.exp(-x))
 
-def _synthetic_condition(spec, n_images, per_image, n_sets, null_mean, null_sd, rng, baseline_shifts, ceiling_shift, readout_answer):
+@dataclass(frozen=True)
+class AblationSimulation:
+    "What a synthetic step 3 is simulated from, besides its conditions and seed: its size and the true effects."
+    n_images: int = 12 # test images per condition
+    questions_per_image: int = 3 # questions per image
+    n_sets: int = 500 # matched random feature sets
+    null_mean: float = -0.1 # mean set-level effect of a random set
+    null_sd: float = 0.1 # sd of the set-level effect across random sets
+    baseline_shifts: dict = field(default_factory=lambda: dict(BASELINE_SHIFTS)) # set-level shift of each trivial set on binding questions
+    ceiling_shift: float = -2.0 # set-level shift of removing everything at the positions
+    readout_answer: str|None = None # put the selected set's whole drop on questions with this answer
+    matching: dict|None = None # metadata.matching; None = `synthetic_matching()` (well matched)
+
+def _synthetic_condition(spec, sim:AblationSimulation, rng):
     pos, mode, scale, task, role, sel_shift, has_q = spec
+    n_images, per_image, n_sets, null_mean = sim.n_images, sim.questions_per_image, sim.n_sets, sim.null_mean
+    null_sd, baseline_shifts, ceiling_shift, readout_answer = sim.null_sd, sim.baseline_shifts, sim.ceiling_shift, sim.readout_answer
     n = n_images * per_image
     img = np.repeat(np.arange(n_images), per_image)
     answers = np.array(_ANSWERS[role])[rng.integers(0, len(_ANSWERS[role]), n)]
@@ -234,28 +251,21 @@ def synthetic_matching(n_pool:int=200, # latents in the matching pool
 
 # %% ../nbs/20_fixtures.ipynb #03c8bafa
 def synthetic_ablation_results(conditions=SYNTHETIC_CONDITIONS, # see SYNTHETIC_CONDITIONS
-                               n_images:int=12, # test images per condition
-                               questions_per_image:int=3, # questions per image
-                               n_sets:int=500, # matched random feature sets
-                               null_mean:float=-0.1, # mean set-level effect of a random set
-                               null_sd:float=0.1, # sd of the set-level effect across random sets
                                seed:int=0, # seed of the simulation
-                               baseline_shifts:dict=BASELINE_SHIFTS, # set-level shift of each trivial set on binding questions
-                               ceiling_shift:float=-2.0, # set-level shift of removing everything at the positions
-                               readout_answer:str|None=None, # put the selected set's whole drop on questions with this answer
-                               matching:dict|None=None, # metadata.matching; None = `synthetic_matching()` (well matched)
+                               sim:AblationSimulation|None=None, # size and true effects (default: `AblationSimulation()`)
+                               **changes, # fields of `AblationSimulation` to change (n_images=, null_mean=, ...)
                               ) -> dict:
     "A synthetic results/ablation_results.json (each condition a `ConditionRecord`) with known truth."
-    rng = np.random.default_rng(seed)
-    conds = [_synthetic_condition(c, n_images, questions_per_image, n_sets, null_mean, null_sd, rng, baseline_shifts,
-                                  ceiling_shift, readout_answer) for c in conditions]
+    sim = replace(sim or AblationSimulation(), **changes)
+    rng, n_sets = np.random.default_rng(seed), sim.n_sets
+    conds = [_synthetic_condition(c, sim, rng) for c in conditions]
     return {"metadata": {"config_hash": "synthetic", "primary_metric": "logit_diff", "n_random_sets": n_sets,
                          "min_attainable_p": 1 / (n_sets + 1), "selected_feature_ids": [3, 14, 15, 92], "seed": seed,
                          "position_type": conditions[0][0], "mode": conditions[0][1], "delta_scale": conditions[0][2],
-                         "matching": synthetic_matching(n_draws=n_sets) if matching is None else matching,
+                         "matching": synthetic_matching(n_draws=n_sets) if sim.matching is None else sim.matching,
                          "baselines": {k: {"feature_ids": sorted(rng.choice(512, 4, replace=False).tolist()),
                                            "chosen_by": f"the 4 latents with the {k.replace('top_', 'highest ').replace('_', ' ')} on select"}
-                                       for k in baseline_shifts}},
+                                       for k in sim.baseline_shifts}},
             "conditions": conds}
 
 # %% ../nbs/20_fixtures.ipynb #c554a887
@@ -290,3 +300,113 @@ def write_synthetic_experiment(exp_dir, # experiment folder to create
     atomic_write_json(exp_dir / "results" / "knockout_results.json", _synthetic_knockout(rng))
     atomic_write_json(exp_dir / "sae" / "history.json", _synthetic_history(rng))
     return exp_dir
+
+# %% ../nbs/20_fixtures.ipynb #cb5c3ad3
+import json
+import pandas as pd
+
+def _examples_of(df:pd.DataFrame, acts:list, n:int, image_dir:Path) -> list:
+    top = sorted(range(len(df)), key=lambda i: (-max(acts[i]), df.question_id[i]))[:n]
+    out = []
+    for i in top:
+        r = df.iloc[i]
+        objs = [dict(color=o["color"], shape=o["shape"], bbox=o["bbox"]) for o in json.loads(r["objects"])]
+        central = None if pd.isna(r["central object x"]) else [int(r[f"central object {k}"]) for k in "xywh"]
+        out.append(dict(question_id=r.question_id, img_id=r.img_id, image_path=str(image_dir / f"{r.img_id}.png"),
+                        question=r.question, type_detailed=r.type_detailed, tokens=r.tokens, activations=acts[i],
+                        max_activation=max(acts[i]), objects=objs, central_bbox=central))
+    return out
+
+def _as_photo(ex:dict, folder:Path, scale:int=5) -> dict:
+    "Re-encode an example's image as a `scale`× larger JPEG with its boxes scaled (a stand-in for a GQA photo)."
+    img = Image.open(ex["image_path"]).convert("RGB")
+    p = folder / f"{ex['img_id']}_photo.jpg"
+    with atomic_path(p) as tmp: img.resize((img.width * scale, img.height * scale), Image.BILINEAR).save(tmp, format="JPEG", quality=90)
+    sb = lambda b: [v * scale for v in b]
+    return {**ex, "image_path": str(p), "objects": [{**o, "bbox": sb(o["bbox"])} for o in ex["objects"]],
+            "central_bbox": sb(ex["central_bbox"]) if ex["central_bbox"] else None}
+
+def _fixture_ablation(df:pd.DataFrame, fids:list, examples:dict, rng, n_sets:int=60) -> dict:
+    "Step-3 results on the fixture's questions: a binding condition the selected set hurts, a control and a readout condition it barely touches."
+    qids, imgs = list(df.question_id), list(df.img_id)
+    base = np.round(rng.normal(2.0, 0.5, len(df)), 4)
+    keys = ("logit_diff", "true_prob", "pred_token_prob", "gt_token_prob")
+    lists = lambda v: {k: np.round(v, 4).tolist() for k in keys} | {"correct": [int(x > 0) for x in v]}
+    def cond(role, task, scale):
+        hit = lambda s: base - s * (0.8 + 0.2 * rng.random(len(df)))
+        per = {}
+        for j, f in enumerate(fids):
+            q = [e["question_id"] for e in examples[f]]
+            eff = np.round(-scale * (1.0 - 0.25 * j) * (0.6 + 0.4 * rng.random(len(q))), 4).tolist()
+            per[str(f)] = {"mean_effect": {"logit_diff": float(np.mean(eff))}, "question_id": q, "effect": eff}
+        rnd = [sorted(int(v) for v in rng.choice(64, len(fids), replace=False)) for _ in range(n_sets)]
+        return ConditionRecord(condition=f"attribute|residual|1.0|{task}", position_type="attribute", mode="residual",
+            delta_scale=1.0, task=task, role=role, question_id=qids, img_id=imgs,
+            true_option=[str(t) for t in df["true option"]], n_skipped=0,
+            baseline=lists(base), selected=lists(hit(scale)), reconstruction_only=None,
+            baselines={"top_mean_activation": lists(hit(0.4 * scale)), "top_firing_rate": lists(hit(0.3 * scale))},
+            ceiling={"all_latents_replace": lists(hit(1.8)), "zero_residual": lists(hit(2.0))},
+            random={"feature_sets": rnd, "mean_effect": {"logit_diff": np.round(-0.1 * rng.random(n_sets), 4).tolist()}},
+            per_feature=per)
+    matching = {"method": "fixture", "n_pool": 40, "n_draws": n_sets, "selected_mean_firing_rate": 0.05, "random_mean_firing_rate": 0.05,
+                "selected_mean_decoded_norm": 1.0, "random_mean_decoded_norm": 1.0, "smd_log_firing_rate": 0.02,
+                "smd_log_decoded_norm": -0.03, "max_abs_smd": 0.03, "poor": False, "max_match_smd": 0.25}
+    return {"metadata": {"config_hash": "fixture", "primary_metric": "logit_diff", "selected_feature_ids": fids,
+                         "n_random_sets": n_sets, "min_attainable_p": 1 / (n_sets + 1), "seed": 0, "matching": matching,
+                         "position_type": "attribute", "mode": "residual", "delta_scale": 1.0,
+                         "baselines": {"top_mean_activation": {"feature_ids": fids, "chosen_by": "fixture"},
+                                       "top_firing_rate": {"feature_ids": fids, "chosen_by": "fixture"}}},
+            "conditions": [cond("binding", "binding_choose", 1.0), cond("control", "control", 0.05), cond("readout", "color_single", 0.05)]}
+
+def write_fixture_experiment(exp_dir, # folder to write (created)
+                             n_features:int=3, # features in the catalog (at most the number of colours)
+                             n_examples:int=5, # top examples per feature
+                             n_scenes:int=20, # world scenes (images)
+                             seed:int=0, # world and noise seed
+                             sae_width:int=64, # SAE width recorded in the files
+                            ) -> Path:
+    "Write a small schema-conformant experiment folder (world, catalog, stats, ablation results, report) with planted features."
+    from binding_sae.world import make_world, split_words, COLORS
+    from binding_sae.analyze import build_report
+    exp = Path(exp_dir); exp.mkdir(parents=True, exist_ok=True)
+    csv = make_world(exp / "world", n_scenes=n_scenes, seed=seed, families=("binding_choose", "binding_query"))
+    df = pd.read_csv(csv, dtype={"question_id": str, "img_id": str})
+    df["tokens"] = [split_words(q) for q in df.question]
+    rng = np.random.default_rng(seed)
+    fires = lambda c: list(df["central object color"] == c)  # questions about an object of that colour...
+    at = lambda c, t, shape: [w == (c if c in t else shape) for w in t]  # ...at its colour word, else at the object's name
+    colours = sorted(COLORS, key=lambda c: (-sum(fires(c)), c))[:n_features]
+    fids = [int(v) for v in rng.choice(sae_width, len(colours), replace=False)]
+    features, stats_ex = [], {}
+    firing, mean_act, score = np.zeros(sae_width), np.zeros(sae_width), np.zeros(sae_width)
+    for j, (f, c) in enumerate(zip(fids, colours)):
+        acts = [[round(float(1.5 + rng.random()) if hit and on else float(0.05 * rng.random()), 4) for hit in at(c, t, shape)]
+                for t, on, shape in zip(df.tokens, fires(c), df["central object shape"])]
+        flat = np.concatenate([np.array(a) for a in acts])
+        exs = _examples_of(df, acts, n_examples, csv.parent / "images")
+        if j == len(colours) - 1: exs[0] = _as_photo(exs[0], csv.parent)
+        peak = [e["tokens"][int(np.argmax(e["activations"]))] for e in exs]
+        fired = df[[max(a) > 0.5 for a in acts]]
+        firing[f], mean_act[f], score[f] = round(float((flat > 0.5).mean()), 4), round(float(flat.mean()), 4), round(0.9 - 0.2 * j, 4)
+        counts, edges = np.histogram(flat[flat > 0.01], bins=12, range=(0.0, 2.5))
+        stats_ex[str(f)] = {"histogram": {"edges": np.round(edges, 4).tolist(), "counts": counts.tolist()}, "top_examples": exs}
+        families = fired["type_detailed"].value_counts()
+        frac = lambda col: {str(v): round(float(x), 4) for v, x in fired[col].value_counts(normalize=True).sort_index().items()}
+        features.append(dict(feature_id=f, rank=j + 1, score=float(score[f]), binding_score=float(score[f]),
+            verified_effect=round(-0.5 + 0.1 * j, 4), smd=round(1.2 - 0.3 * j, 4), auroc=round(0.85 - 0.05 * j, 4),
+            discrimination_score=None, mean_activation_correct=round(0.3 - 0.05 * j, 4), mean_activation_incorrect=0.1,
+            firing_rate=float(firing[f]), mean_activation=float(mean_act[f]),
+            top_tokens=[[t, peak.count(t)] for t in sorted(set(peak), key=lambda t: (-peak.count(t), t))],
+            top_families=[[t, int(n)] for t, n in sorted(families.items())],
+            tracks={"color": frac("central object color"), "shape": frac("central object shape")}))
+    meta = {"config_hash": "fixture", "model": "fixture (world questions, planted features)", "layer": 2,
+            "position_type": "attribute", "score": "binding", "selection": "ranked", "sae_width": sae_width,
+            "n_select_questions": len(df), "n_correct": len(df) * 3 // 4, "n_incorrect": len(df) - len(df) * 3 // 4}
+    atomic_write_json(exp / "feature_catalog.json", {"metadata": meta, "selected_feature_ids": fids, "features": features})
+    atomic_write_json(exp / "feature_stats.json", {"metadata": meta, "examples": stats_ex, "all_features": {
+        "firing_rate": firing.tolist(), "mean_activation": mean_act.tolist(), "score": score.tolist()}})
+    examples = {f: stats_ex[str(f)]["top_examples"] for f in fids}
+    ablation = _fixture_ablation(df, fids, examples, rng, n_sets=200)
+    atomic_write_json(exp / "results" / "ablation_results.json", ablation)
+    atomic_write_json(exp / "analysis" / "hypothesis_report.json", build_report(ablation, n_bootstrap=200, seed=seed))
+    return exp

@@ -5,17 +5,18 @@
 # %% ../nbs/15_pipeline.ipynb #608836c0
 from __future__ import annotations
 import importlib, json, logging, os, sys, time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'MODEL_STEPS', 'CSV_KEYS', 'Step', 'get_step', 'parse_steps',
+__all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'MODEL_STEPS', 'CSV_KEYS', 'Engine', 'Step', 'get_step', 'parse_steps',
            'notebooks_dir', 'StepFailed', 'ensure_before', 'InputsMissing', 'model_problem', 'data_problems',
-           'folder_problem', 'check_inputs', 'run_pipeline', 'run_summary']
+           'folder_problem', 'check_inputs', 'RunOptions', 'run_pipeline', 'run_summary']
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
 from .config import (Config, UserError, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
-                                project_root, config_from_dict, read_yaml, MODEL_ALIASES)
+                                project_root, config_from_dict, read_yaml, MODEL_ALIASES, choices)
 from .experiment import (prepare_experiment, step_done, package_versions, check_experiment_dir, experiment_lock,
                                     read_step_json)
 
@@ -183,61 +184,72 @@ def check_inputs(cfg:Config, # the run's config
     if problems: raise InputsMissing("\n".join(problems))
 
 # %% ../nbs/15_pipeline.ipynb #7dd99679
+Engine = Literal["papermill", "direct"]  # a step's notebook executed headless (the record), or its function called
+
+@dataclass(frozen=True)
+class RunOptions:
+    "How a run goes, beside what it runs (config, folder, steps): the `run` command's flags."
+    engine: Engine = "papermill" # papermill | direct
+    force: bool = False # rerun finished steps; overwrite a folder of another config
+    skip_train: bool = False # do not run step 1 (needs sae_checkpoint unless it already ran)
+    sae_checkpoint: str|Path|None = None # an SAE to use instead of training one
+    dry_run: bool = False # validate only
+
+    def __post_init__(self):
+        if self.engine not in choices(Engine): raise UserError(f"--engine {self.engine!r}: choose {' or '.join(choices(Engine))}.")
+
 def run_pipeline(config_path, # YAML config
                  experiment_name:str|None=None, # → <experiment.output_base>/<name>
                  experiment_dir=None, # explicit folder (wins over the name)
                  steps:str|None=None, # e.g. "2,3"; None = all
-                 engine:str="papermill", # papermill | direct
-                 force:bool=False, # rerun finished steps; overwrite a folder of another config
-                 skip_train:bool=False, # do not run step 1 (needs sae_checkpoint unless it already ran)
-                 sae_checkpoint=None, # an SAE to use instead of training one
+                 options:RunOptions|None=None, # how the run goes (default: `RunOptions()`)
                  overrides:dict|None=None, # dotted config keys
-                 dry_run:bool=False, # validate only
                  command:str|None=None, # the command line, named to a second process on the same folder
+                 **changes, # fields of `RunOptions` to change (engine=, force=, skip_train=, sae_checkpoint=, dry_run=)
                 ) -> dict:
     "Run the chosen steps into the experiment folder; returns the manifest."
-    if engine not in ("papermill", "direct"): raise UserError(f"--engine {engine!r}: choose papermill or direct.")
+    o = replace(options or RunOptions(), **changes)
     cfg = load_config(config_path, overrides)
     exp = check_experiment_dir(resolve_experiment_dir(cfg, experiment_dir, experiment_name))
     todo = parse_steps(steps)
-    if skip_train:
+    if o.skip_train:
         todo = [s for s in todo if s.name != "train"]
-        if sae_checkpoint is None and not (exp / "sae" / "cfg.json").exists():
+        if o.sae_checkpoint is None and not (exp / "sae" / "cfg.json").exists():
             raise UserError("--skip_train needs --sae_checkpoint PATH (or an experiment folder whose step 1 already ran).")
-    if sae_checkpoint is not None and not Path(sae_checkpoint).exists():
-        raise UserError(f"--sae_checkpoint {sae_checkpoint} does not exist: give the path of sae_checkpoint.pt or an sae/ folder.")
-    pending = todo if force or sae_checkpoint is not None else [s for s in todo if not step_done(exp, s.name, cfg)]
-    check_inputs(cfg, exp, pending, force)
-    if dry_run:
+    if o.sae_checkpoint is not None and not Path(o.sae_checkpoint).exists():
+        raise UserError(f"--sae_checkpoint {o.sae_checkpoint} does not exist: give the path of sae_checkpoint.pt or an sae/ folder.")
+    pending = todo if o.force or o.sae_checkpoint is not None else [s for s in todo if not step_done(exp, s.name, cfg)]
+    check_inputs(cfg, exp, pending, o.force)
+    if o.dry_run:
         return dict(config=str(config_path), experiment_dir=str(exp), config_hash=config_hash(cfg),
-                    steps=[s.name for s in todo], engine=engine, dry_run=True)
+                    steps=[s.name for s in todo], engine=o.engine, dry_run=True)
     with experiment_lock(exp, command):
-        return _run_locked(cfg, exp, todo, engine, force, sae_checkpoint, overrides)
+        return _run_locked(cfg, exp, todo, o, overrides)
 
-def _run_locked(cfg:Config, exp:Path, todo:list, engine:str, force:bool, sae_checkpoint, overrides) -> dict:
-    prepare_experiment(cfg, exp, force=force)
-    if sae_checkpoint is not None:
+def _run_locked(cfg:Config, exp:Path, todo:list, o:RunOptions, overrides) -> dict:
+    prepare_experiment(cfg, exp, force=o.force)
+    if o.sae_checkpoint is not None:
         from binding_sae.train import import_sae
-        import_sae(cfg, exp, sae_checkpoint)
+        import_sae(cfg, exp, o.sae_checkpoint)
         for later in ("identify", "ablate", "knockout", "analyze", "visualize"):  # they described the previous SAE
             (exp / f"{later}.done.json").unlink(missing_ok=True)
     manifest = _read_manifest(exp, cfg)
     for step in todo:
-        if step_done(exp, step.name, cfg) and not force:
+        if step_done(exp, step.name, cfg) and not o.force:
             log.info("step %s already finished with this config: skipped", step.name)
             manifest["steps"][step.name] = {**manifest["steps"].get(step.name, {}), "status": "skipped"}
             continue
         t0 = time.time()
         log.info("step %d: %s", step.number, step.name)
         try:
-            if engine == "direct": _call(step.function, cfg, exp)
+            if o.engine == "direct": _call(step.function, cfg, exp)
             else: _run_papermill(step, cfg, exp, overrides or {})
         except BaseException as e:
             manifest["steps"][step.name] = {"status": "failed", "wall_s": round(time.time() - t0, 3), "error": str(e),
                                             "config_hash": config_hash(cfg)}
             atomic_write_json(exp / "manifest.json", manifest)
             raise
-        manifest["steps"][step.name] = {"status": "done", "wall_s": round(time.time() - t0, 3), "engine": engine,
+        manifest["steps"][step.name] = {"status": "done", "wall_s": round(time.time() - t0, 3), "engine": o.engine,
                                         "config_hash": config_hash(cfg)}
         atomic_write_json(exp / "manifest.json", manifest)
     atomic_write_json(exp / "manifest.json", manifest)

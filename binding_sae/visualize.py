@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_visualize.ipynb #72b86e81
 from __future__ import annotations
-import base64, html, io, json, logging, time
+import base64, html, io, logging
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -12,15 +12,15 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['log', 'ATTRIBUTES', 'CSS', 'PAGE_CSS', 'FACTS', 'JS', 'CHECK_LABELS', 'DashboardError', 'read_dashboard_inputs',
-           'write_fixture_experiment', 'attribute_base_rates', 'central_attributes', 'attribute_counts', 'selectivity',
-           'tracked_values', 'is_tracked', 'tracks_text', 'histogram_svg', 'token_html', 'find_image', 'image_data_uri',
-           'scene_html', 'feature_effects', 'headline_effect', 'rank_basis', 'feature_table_html', 'feature_panel_html',
+           'attribute_base_rates', 'central_attributes', 'attribute_counts', 'selectivity', 'tracked_values',
+           'is_tracked', 'tracks_text', 'histogram_svg', 'token_html', 'find_image', 'image_data_uri', 'scene_html',
+           'feature_effects', 'headline_effect', 'rank_basis', 'feature_table_html', 'feature_panel_html',
            'verdict_html', 'dashboard_html', 'image_roots', 'question_texts', 'base_rates', 'visualize_step',
            'feature_browser']
 
 # %% ../nbs/05_visualize.ipynb #f534c362
-from .config import Config, UserError, atomic_path, atomic_write_json, atomic_write_text, project_root
-from .experiment import mark_done, read_step_json
+from .config import Config, UserError, atomic_write_text, project_root
+from .experiment import read_step_json, step_run
 
 # %% ../nbs/05_visualize.ipynb #8f8c7538
 log = logging.getLogger(__name__)
@@ -43,113 +43,6 @@ def read_dashboard_inputs(exp_dir, # experiment folder
     report = read_step_json(rep_path, "analyze", DashboardError) if rep_path.exists() else None
     if report is None: log.warning("%s is missing: the dashboard states no verdict", rep_path)
     return dict(catalog=catalog, stats=stats, ablation=ablation, report=report)
-
-# %% ../nbs/05_visualize.ipynb #234bfe98
-def _examples_of(df:pd.DataFrame, acts:list, n:int, image_dir:Path) -> list:
-    top = sorted(range(len(df)), key=lambda i: (-max(acts[i]), df.question_id[i]))[:n]
-    out = []
-    for i in top:
-        r = df.iloc[i]
-        objs = [dict(color=o["color"], shape=o["shape"], bbox=o["bbox"]) for o in json.loads(r["objects"])]
-        central = None if pd.isna(r["central object x"]) else [int(r[f"central object {k}"]) for k in "xywh"]
-        out.append(dict(question_id=r.question_id, img_id=r.img_id, image_path=str(image_dir / f"{r.img_id}.png"),
-                        question=r.question, type_detailed=r.type_detailed, tokens=r.tokens, activations=acts[i],
-                        max_activation=max(acts[i]), objects=objs, central_bbox=central))
-    return out
-
-def _as_photo(ex:dict, folder:Path, scale:int=5) -> dict:
-    "Re-encode an example's image as a `scale`× larger JPEG with its boxes scaled (a stand-in for a GQA photo)."
-    img = Image.open(ex["image_path"]).convert("RGB")
-    p = folder / f"{ex['img_id']}_photo.jpg"
-    with atomic_path(p) as tmp: img.resize((img.width * scale, img.height * scale), Image.BILINEAR).save(tmp, format="JPEG", quality=90)
-    sb = lambda b: [v * scale for v in b]
-    return {**ex, "image_path": str(p), "objects": [{**o, "bbox": sb(o["bbox"])} for o in ex["objects"]],
-            "central_bbox": sb(ex["central_bbox"]) if ex["central_bbox"] else None}
-
-def _fixture_ablation(df:pd.DataFrame, fids:list, examples:dict, rng, n_sets:int=60) -> dict:
-    "Step-3 results on the fixture's questions: a binding condition the selected set hurts, a control and a readout condition it barely touches."
-    qids, imgs = list(df.question_id), list(df.img_id)
-    base = np.round(rng.normal(2.0, 0.5, len(df)), 4)
-    keys = ("logit_diff", "true_prob", "pred_token_prob", "gt_token_prob")
-    lists = lambda v: {k: np.round(v, 4).tolist() for k in keys} | {"correct": [int(x > 0) for x in v]}
-    def cond(role, task, scale):
-        hit = lambda s: base - s * (0.8 + 0.2 * rng.random(len(df)))
-        per = {}
-        for j, f in enumerate(fids):
-            q = [e["question_id"] for e in examples[f]]
-            eff = np.round(-scale * (1.0 - 0.25 * j) * (0.6 + 0.4 * rng.random(len(q))), 4).tolist()
-            per[str(f)] = {"mean_effect": {"logit_diff": float(np.mean(eff))}, "question_id": q, "effect": eff}
-        rnd = [sorted(int(v) for v in rng.choice(64, len(fids), replace=False)) for _ in range(n_sets)]
-        return {"condition": f"attribute|residual|1.0|{task}", "position_type": "attribute", "mode": "residual",
-                "delta_scale": 1.0, "task": task, "role": role, "question_id": qids, "img_id": imgs,
-                "true_option": [str(t) for t in df["true option"]], "n_skipped": 0,
-                "baseline": lists(base), "selected": lists(hit(scale)), "reconstruction_only": None,
-                "baselines": {"top_mean_activation": lists(hit(0.4 * scale)), "top_firing_rate": lists(hit(0.3 * scale))},
-                "ceiling": {"all_latents_replace": lists(hit(1.8)), "zero_residual": lists(hit(2.0))},
-                "random": {"feature_sets": rnd, "mean_effect": {"logit_diff": np.round(-0.1 * rng.random(n_sets), 4).tolist()}},
-                "per_feature": per}
-    matching = {"method": "fixture", "n_pool": 40, "n_draws": n_sets, "selected_mean_firing_rate": 0.05, "random_mean_firing_rate": 0.05,
-                "selected_mean_decoded_norm": 1.0, "random_mean_decoded_norm": 1.0, "smd_log_firing_rate": 0.02,
-                "smd_log_decoded_norm": -0.03, "max_abs_smd": 0.03, "poor": False, "max_match_smd": 0.25}
-    return {"metadata": {"config_hash": "fixture", "primary_metric": "logit_diff", "selected_feature_ids": fids,
-                         "n_random_sets": n_sets, "min_attainable_p": 1 / (n_sets + 1), "seed": 0, "matching": matching,
-                         "position_type": "attribute", "mode": "residual", "delta_scale": 1.0,
-                         "baselines": {"top_mean_activation": {"feature_ids": fids, "chosen_by": "fixture"},
-                                       "top_firing_rate": {"feature_ids": fids, "chosen_by": "fixture"}}},
-            "conditions": [cond("binding", "binding_choose", 1.0), cond("control", "control", 0.05), cond("readout", "color_single", 0.05)]}
-
-def write_fixture_experiment(exp_dir, # folder to write (created)
-                             n_features:int=3, # features in the catalog (at most the number of colours)
-                             n_examples:int=5, # top examples per feature
-                             n_scenes:int=20, # world scenes (images)
-                             seed:int=0, # world and noise seed
-                             sae_width:int=64, # SAE width recorded in the files
-                            ) -> Path:
-    "Write a small schema-conformant experiment folder (world, catalog, stats, ablation results, report) with planted features."
-    from binding_sae.world import make_world, split_words, COLORS
-    from binding_sae.analyze import build_report
-    exp = Path(exp_dir); exp.mkdir(parents=True, exist_ok=True)
-    csv = make_world(exp / "world", n_scenes=n_scenes, seed=seed, families=("binding_choose", "binding_query"))
-    df = pd.read_csv(csv, dtype={"question_id": str, "img_id": str})
-    df["tokens"] = [split_words(q) for q in df.question]
-    rng = np.random.default_rng(seed)
-    fires = lambda c: list(df["central object color"] == c)  # questions about an object of that colour...
-    at = lambda c, t, shape: [w == (c if c in t else shape) for w in t]  # ...at its colour word, else at the object's name
-    colours = sorted(COLORS, key=lambda c: (-sum(fires(c)), c))[:n_features]
-    fids = [int(v) for v in rng.choice(sae_width, len(colours), replace=False)]
-    features, stats_ex = [], {}
-    firing, mean_act, score = np.zeros(sae_width), np.zeros(sae_width), np.zeros(sae_width)
-    for j, (f, c) in enumerate(zip(fids, colours)):
-        acts = [[round(float(1.5 + rng.random()) if hit and on else float(0.05 * rng.random()), 4) for hit in at(c, t, shape)]
-                for t, on, shape in zip(df.tokens, fires(c), df["central object shape"])]
-        flat = np.concatenate([np.array(a) for a in acts])
-        exs = _examples_of(df, acts, n_examples, csv.parent / "images")
-        if j == len(colours) - 1: exs[0] = _as_photo(exs[0], csv.parent)
-        peak = [e["tokens"][int(np.argmax(e["activations"]))] for e in exs]
-        fired = df[[max(a) > 0.5 for a in acts]]
-        firing[f], mean_act[f], score[f] = round(float((flat > 0.5).mean()), 4), round(float(flat.mean()), 4), round(0.9 - 0.2 * j, 4)
-        counts, edges = np.histogram(flat[flat > 0.01], bins=12, range=(0.0, 2.5))
-        stats_ex[str(f)] = {"histogram": {"edges": np.round(edges, 4).tolist(), "counts": counts.tolist()}, "top_examples": exs}
-        families = fired["type_detailed"].value_counts()
-        frac = lambda col: {str(v): round(float(x), 4) for v, x in fired[col].value_counts(normalize=True).sort_index().items()}
-        features.append(dict(feature_id=f, rank=j + 1, score=float(score[f]), binding_score=float(score[f]),
-            verified_effect=round(-0.5 + 0.1 * j, 4), smd=round(1.2 - 0.3 * j, 4), auroc=round(0.85 - 0.05 * j, 4),
-            discrimination_score=None, mean_activation_correct=round(0.3 - 0.05 * j, 4), mean_activation_incorrect=0.1,
-            firing_rate=float(firing[f]), mean_activation=float(mean_act[f]),
-            top_tokens=[[t, peak.count(t)] for t in sorted(set(peak), key=lambda t: (-peak.count(t), t))],
-            top_families=[[t, int(n)] for t, n in sorted(families.items())],
-            tracks={"color": frac("central object color"), "shape": frac("central object shape")}))
-    meta = {"config_hash": "fixture", "model": "fixture (world questions, planted features)", "layer": 2,
-            "position_type": "attribute", "score": "binding", "selection": "ranked", "sae_width": sae_width,
-            "n_select_questions": len(df), "n_correct": len(df) * 3 // 4, "n_incorrect": len(df) - len(df) * 3 // 4}
-    atomic_write_json(exp / "feature_catalog.json", {"metadata": meta, "selected_feature_ids": fids, "features": features})
-    atomic_write_json(exp / "feature_stats.json", {"metadata": meta, "examples": stats_ex, "all_features": {
-        "firing_rate": firing.tolist(), "mean_activation": mean_act.tolist(), "score": score.tolist()}})
-    examples = {f: stats_ex[str(f)]["top_examples"] for f in fids}
-    ablation = _fixture_ablation(df, fids, examples, rng, n_sets=200)
-    atomic_write_json(exp / "results" / "ablation_results.json", ablation)
-    atomic_write_json(exp / "analysis" / "hypothesis_report.json", build_report(ablation, n_bootstrap=200, seed=seed))
-    return exp
 
 # %% ../nbs/05_visualize.ipynb #855cfdb5
 ATTRIBUTES = ("color", "shape")  # central-object attributes whose selectivity is tested
@@ -723,17 +616,18 @@ def visualize_step(cfg:Config, # the experiment's config
                    exp_dir, # experiment folder (steps 2 and 3 done)
                   ) -> dict:
     "Step 5: write `<exp>/feature_dashboard/index.html` from the catalog, the feature stats and the ablation results."
-    t0, exp = time.time(), Path(exp_dir)
-    inputs = read_dashboard_inputs(exp)
-    roots = image_roots(cfg, exp)
-    page = dashboard_html(inputs, f"binding_sae feature dashboard · {exp.name}", question_texts(cfg), roots, base_rates(cfg, exp))
-    out = exp / "feature_dashboard" / "index.html"
-    atomic_write_text(out, page)
-    counts = _counts(inputs, feature_effects(inputs["ablation"]), roots, page)
-    if counts["n_images_missing"]: log.warning("%d of %d images not found (shown as placeholders)", counts["n_images_missing"], counts["n_images"])
-    log.info("wrote %s (%d features, %d examples)", out, counts["n_features"], counts["n_examples"])
-    mark_done(exp, "visualize", cfg, counts, round(time.time() - t0, 3))
-    return counts
+    exp = Path(exp_dir)
+    with step_run(cfg, exp, "visualize") as run:
+        inputs = read_dashboard_inputs(exp)
+        roots = image_roots(cfg, exp)
+        page = dashboard_html(inputs, f"binding_sae feature dashboard · {exp.name}", question_texts(cfg), roots, base_rates(cfg, exp))
+        out = exp / "feature_dashboard" / "index.html"
+        atomic_write_text(out, page)
+        run.counts = _counts(inputs, feature_effects(inputs["ablation"]), roots, page)
+        n_missing, n_images = run.counts["n_images_missing"], run.counts["n_images"]
+        if n_missing: log.warning("%d of %d images not found (shown as placeholders)", n_missing, n_images)
+        log.info("wrote %s (%d features, %d examples)", out, run.counts["n_features"], run.counts["n_examples"])
+    return run.counts
 
 # %% ../nbs/05_visualize.ipynb #8bf49559
 def feature_browser(exp_dir, # experiment folder (steps 2 and 3 done)

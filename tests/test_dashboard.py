@@ -1,6 +1,6 @@
 """The feature dashboard (step 5) in a real browser: headless Chromium opens index.html from a file:// URL.
 
-Builds a fixture experiment (binding_sae.visualize.write_fixture_experiment), runs visualize_step, and checks that the
+Builds a fixture experiment (binding_sae.fixtures.write_fixture_experiment), runs visualize_step, and checks that the
 page loads without console errors, states the verdict first (in words, with the bar and every check), shows at least
 the catalog's number of feature rows, reads "what it tracks" against base rates, lists as many test questions per
 panel as it says, embeds every image, fetches nothing from the network, sorts its table, and leaves a screenshot in tests/artifacts/dashboard.png (not committed).
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from binding_sae.config import config_from_dict
-from binding_sae.visualize import visualize_step, write_fixture_experiment
+from binding_sae.fixtures import write_fixture_experiment
+from binding_sae.visualize import visualize_step
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).parent / "artifacts"
