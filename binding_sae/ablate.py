@@ -13,12 +13,12 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['log', 'POSITION_TYPES', 'MODES', 'BASELINES', 'CONTROL_ROLES', 'CEILINGS', 'RANDOM_EFFECT_SETS', 'STAT_BASELINES',
-           'CEILING_EDITS', 'AblationError', 'log_stat', 'match_quality', 'matched_random_sets', 'decoded_norms',
-           'top_latents', 'trivial_baselines', 'set_contributions', 'ablation_deltas', 'ceiling_deltas', 'ablate_batch',
-           'inputs_key', 'ChunkStore', 'positions_found', 'ablate_questions', 'per_feature_effects', 'condition_record',
-           'accuracy_by_option_contrast', 'knockout_batch', 'bootstrap_mean_ci', 'held_out_questions',
-           'check_knockout_attention', 'scorable', 'ablate_inputs', 'best_random_on_select', 'ablate_step',
-           'knockout_step']
+           'CEILING_EDITS', 'BOX_COLUMNS', 'AblationError', 'log_stat', 'match_quality', 'matched_random_sets',
+           'decoded_norms', 'top_latents', 'trivial_baselines', 'set_contributions', 'ablation_deltas',
+           'ceiling_deltas', 'ablate_batch', 'inputs_key', 'ChunkStore', 'positions_found', 'ablate_questions',
+           'per_feature_effects', 'condition_record', 'accuracy_by_option_contrast', 'knockout_batch',
+           'bootstrap_mean_ci', 'held_out_questions', 'check_knockout_attention', 'scorable', 'ablate_inputs',
+           'best_random_on_select', 'ablate_step', 'knockout_step', 'check_knockout_boxes', 'object_rows']
 
 # %% ../nbs/03_ablate.ipynb #8c23cf97
 from .config import (Config, UserError, atomic_path, atomic_write_json, config_hash, EditPosition,
@@ -634,6 +634,7 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
     "Step 3b: attention-knockout layer sweep on the binding test questions → results/knockout_results.json."
     exp, k = Path(exp_dir), cfg.knockout
     check_knockout_attention(cfg)
+    check_knockout_boxes(cfg)
     with step_run(cfg, exp, "knockout") as run:
         df = held_out_questions(cfg, exp)["binding"]
         vlm = _load_vlm(cfg, vlm)
@@ -644,9 +645,10 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
         cum = {"Image->Question": list(range(L + 1))}
         _choose_variant(vlm, df, exp)
         df, n_same_first = scorable(vlm, df)
-        needs_box = any(f.startswith("Image Central") or f.startswith("Image Without") for f in k.flows)
         ok = positions_found(vlm, df, "question")
         df = df[ok].reset_index(drop=True)
+        needs_box = any(f in OBJECT_FLOWS for f in k.flows)
+        df, n_no_box, n_cropped = object_rows(vlm, df) if needs_box else (df, 0, 0)
         labels = [(fl, l) for fl in k.flows for l in layers] + [(fl, "cumulative") for fl in cum]
         store = ChunkStore(exp, "knockout", inputs_key(cfg, exp, ["splits.csv", "feature_catalog.json"]))
         base_all, cond_all, qids = {m: [] for m in METRICS}, {m: [] for m in METRICS}, []
@@ -659,7 +661,7 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
             if r is None:
                 t, f = g["true option"].astype(str).tolist(), g["false option"].astype(str).tolist()
                 batch = encode_questions(vlm, g, pad_at="question")
-                boxes = [tuple(float(r_[f"central object {c}"]) for c in "xywh") for _, r_ in g.iterrows()] if needs_box else None
+                boxes = [tuple(float(v) for v in b) for b in g[BOX_COLUMNS].to_numpy()] if needs_box else None
                 kb = knockout_batch(vlm, batch, list(k.flows), layers, k.window, option_token_ids(vlm, t), option_token_ids(vlm, f),
                                     n_rows, boxes, cumulative=cum)
                 keep = kb["baseline"]["correct"] > 0 if k.filter_correct else np.ones(len(g), bool)
@@ -691,7 +693,8 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
                                   mean_logit_diff_change=_m(dld), mean_pct_change=_m(pct))
         results = {"metadata": dict(window=int(k.window), flows=list(k.flows), n_questions=int(n), metric="pct_change_pred_token_prob",
                                     layers=layers, filter_correct=bool(k.filter_correct), n_candidates=int(len(df)),
-                                    n_skipped=int((~ok).sum()), n_same_first_token=n_same_first, config_hash=config_hash(cfg), model=cfg.model.name,
+                                    n_skipped=int((~ok).sum()), n_skipped_no_box=n_no_box, n_skipped_box_cropped=n_cropped,
+                                    n_same_first_token=n_same_first, config_hash=config_hash(cfg), model=cfg.model.name,
                                     option_variant=vlm.option_variant, split="test", n_bootstrap=int(cfg.ablation.n_bootstrap),
                                     seed=int(cfg.training.seed), cumulative_layers={fl: ls for fl, ls in cum.items()}),
                    "question_id": qids[:n],
@@ -702,3 +705,41 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
         counts = dict(n_questions=int(n), n_flows=len(k.flows), n_layers=len(layers))
         run.counts = counts
     return run.counts
+
+# %% ../nbs/03_ablate.ipynb #941f7133
+from .forward import OBJECT_FLOWS
+from .vlm import object_patches
+BOX_COLUMNS = [f"central object {c}" for c in "xywh"]  # the asked object's box (original image pixels) in the question CSV
+
+def check_knockout_boxes(cfg:Config) -> None:
+    "Refuse object-level flows when the binding question CSV has no central-object box columns (before any work)."
+    flows = [f for f in cfg.knockout.flows if f in OBJECT_FLOWS]
+    if not flows: return
+    import pandas as pd
+    from binding_sae.experiment import role_source
+    csv = role_source(cfg, "binding")[0]
+    if csv is None or not csv.is_file(): return  # a world generated on first use has them; a missing CSV is its own error
+    missing = [c for c in BOX_COLUMNS if c not in pd.read_csv(csv, nrows=0).columns]
+    if missing:
+        raise AblationError(f"knockout.flows lists {', '.join(flows)}, which need the asked object's box, but {csv} has no "
+                            f"{', '.join(repr(c) for c in missing)} column: use a question CSV with the central object's box "
+                            "(make-world and prepare-gqa write it) or remove those flows from knockout.flows.")
+
+def object_rows(vlm:VLM, df) -> tuple:
+    "(the questions whose central object covers an image patch, how many had no box, how many had it outside the crop)."
+    from PIL import Image
+    have = [c for c in BOX_COLUMNS if c in df.columns]
+    boxes = df[have].apply(lambda s: s.astype(float)).to_numpy() if len(have) == 4 else np.full((len(df), 4), np.nan)
+    has = ~np.isnan(boxes).any(1)
+    def seen(box, path):
+        with Image.open(path) as im: return len(object_patches(vlm, tuple(box), im.size)) > 0
+    visible = np.array([bool(h) and seen(b, p) for h, b, p in zip(has, boxes, df["image_path"])], bool)
+    n_no_box, n_cropped = int((~has).sum()), int((has & ~visible).sum())
+    if not visible.any():
+        raise AblationError(f"None of the {len(df)} binding test questions has a central-object box inside the image the "
+                            f"model sees ({n_no_box} without a box, {n_cropped} outside the crop), which the object-level "
+                            "knockout flows need: use questions with central-object boxes or remove those flows from knockout.flows.")
+    if n_no_box or n_cropped:
+        log.warning("%d knockout questions skipped for the object-level flows: %d without a central-object box, %d with the "
+                    "box outside the processor's centre crop", n_no_box + n_cropped, n_no_box, n_cropped)
+    return df[visible].reset_index(drop=True), n_no_box, n_cropped

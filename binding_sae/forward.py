@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['FLOWS', 'METRICS', 'capture', 'edit_residual', 'prefix_length', 'prefix_cache', 'extend_cache', 'run_suffix',
-           'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token', 'plan_batches',
+__all__ = ['FLOWS', 'OBJECT_FLOWS', 'METRICS', 'capture', 'edit_residual', 'prefix_length', 'prefix_cache', 'extend_cache',
+           'run_suffix', 'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token', 'plan_batches',
            'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout', 'segment_blocks',
            'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy', 'ConditionRecord',
            'SetAblation']
@@ -289,6 +289,7 @@ def condition_positions(cols:list, # per row its edited positions (absolute)
 
 # %% ../nbs/18_forward.ipynb #80950d84
 FLOWS = get_args(Flow)  # the flows a knockout can cut (`binding_sae.config.Flow`)
+OBJECT_FLOWS = tuple(f for f in FLOWS if f.split("->")[0] in ("Image Central Object", "Image Without Central Object"))  # need boxes
 
 def knockout_layers(l:int, # centre layer
                     window:int, # window size w
@@ -299,22 +300,23 @@ def knockout_layers(l:int, # centre layer
 
 # %% ../nbs/18_forward.ipynb #af476eaa
 def flow_blocks(vlm:VLM, batch:Batch, flow:str, # one of FLOWS
-                boxes:list|None=None, # per row (x, y, w, h) of the central object (object-level flows)
+                boxes:list|None=None, # per row (x, y, w, h) of the central object (the flows of OBJECT_FLOWS)
                ) -> torch.Tensor:
     "Boolean [B, T, T]: True where target row t may not attend to source column s."
     if flow not in FLOWS: raise ModelError(f"Unknown knockout flow {flow!r}; use one of {FLOWS}.")
     src, dst = [s.strip() for s in flow.split('->')]
+    if flow in OBJECT_FLOWS and (boxes is None or len(boxes) != len(batch)):
+        raise ModelError(f"Flow {flow!r} needs the central object's box of each of the {len(batch)} rows "
+                         f"(got {'none' if boxes is None else len(boxes)}).")
     B, T = batch.input_ids.shape
     m = torch.zeros(B, T, T, dtype=torch.bool, device=batch.input_ids.device)
     for i, p in enumerate(batch.positions):
-        if src.startswith('Image Central') or src.startswith('Image Without'):
-            if boxes is None: raise ModelError(f"Flow {flow!r} needs the central object's bounding boxes.")
-            inside = object_patches(vlm, boxes[i], batch.image_px[i]).to(m.device)
-            keep = torch.zeros(len(p['image']), dtype=torch.bool, device=m.device); keep[inside] = True
-            cols = p['image'][keep] if src.startswith('Image Central') else p['image'][~keep]
+        if flow in OBJECT_FLOWS:
+            under = torch.zeros(len(p['image']), dtype=torch.bool, device=m.device)
+            under[object_patches(vlm, boxes[i], batch.image_px[i]).to(m.device)] = True
+            cols = p['image'][under if src == 'Image Central Object' else ~under]
         else: cols = p[src.lower()]
-        rows = p[dst.lower()]
-        m[i, rows[:, None], cols[None, :]] = True
+        m[i, p[dst.lower()][:, None], cols[None, :]] = True
     return m
 
 # %% ../nbs/18_forward.ipynb #a6246926

@@ -17,7 +17,7 @@ __all__ = ['log', 'LLAVA15_TEMPLATE', 'LLAVA_NEXT_MISTRAL_TEMPLATE', 'ATTN_IMPLE
            'ModelError', 'resolve_model_name', 'prompt_template', 'check_template', 'VLM', 'make_vlm', 'load_vlm',
            'option_spans', 'Batch', 'tokenize_prompts', 'encode', 'forward_last', 'option_variants', 'option_ids',
            'choose_option_variant', 'option_token_ids', 'last_position_metrics', 'score_logits', 'score_options',
-           'normalize_answer', 'answer_matches', 'greedy_answers', 'object_patches']
+           'normalize_answer', 'answer_matches', 'greedy_answers', 'crop_box', 'box_patches', 'object_patches']
 
 # %% ../nbs/13_vlm.ipynb #7bb61fe0
 import torch
@@ -453,25 +453,59 @@ def greedy_answers(vlm:VLM, batch:Batch, max_new_tokens:int=10)->list[str]:
     return [a.strip() for a in vlm.tokenizer.batch_decode(out[:, batch.seq_len:], skip_special_tokens=True)]
 
 # %% ../nbs/13_vlm.ipynb #c842e134
+def _crop_start(n:int, c:int)->int:
+    "The resized pixel where a centre crop of c out of n starts (negative: the crop pads), as transformers' `center_crop`."
+    return (n - c) // 2 if n >= c else -math.ceil((c - n) / 2)
+
+def _size(d, key):  # a `SizeDict` (transformers 5) or a plain dict
+    return None if d is None else (d.get(key) if hasattr(d, 'get') else getattr(d, key, None))
+
+def crop_box(image_processor, # a CLIP-style image processor (resize, centre crop)
+             box:tuple, # (x, y, w, h) in original image pixels
+             image_size:tuple, # (width, height) of the original image
+            )->tuple:
+    "((x0, y0, x1, y1) of the box in the processed crop's pixels, (crop width, crop height))."
+    ip = image_processor
+    if getattr(ip, 'image_grid_pinpoints', None):
+        raise ModelError("Object-level knockout flows need a single patch grid; the tiled (any-resolution) layout of "
+                         "LLaVA-NeXT is not supported: use a LLaVA-1.5 model or remove those flows from knockout.flows.")
+    W, H = image_size
+    size, resize = getattr(ip, 'size', None), getattr(ip, 'do_resize', True)
+    if resize and _size(size, 'shortest_edge') and not _size(size, 'longest_edge'):
+        s = _size(size, 'shortest_edge'); long = int(s * max(W, H) / min(W, H))
+        rw, rh = (s, long) if W <= H else (long, s)
+    elif resize and _size(size, 'height') and _size(size, 'width'): rw, rh = _size(size, 'width'), _size(size, 'height')
+    elif resize: raise ModelError(f"The image processor resizes to {size}, which object_patches cannot map; "
+                                  "it handles shortest_edge or height/width resizing.")
+    else: rw, rh = W, H
+    crop = getattr(ip, 'crop_size', None)
+    cw, ch = (_size(crop, 'width'), _size(crop, 'height')) if getattr(ip, 'do_center_crop', False) else (rw, rh)
+    ox, oy, sx, sy = _crop_start(rw, cw), _crop_start(rh, ch), rw / W, rh / H
+    x, y, w, h = [float(v) for v in box]
+    return (x * sx - ox, y * sy - oy, (x + w) * sx - ox, (y + h) * sy - oy), (cw, ch)
+
+def box_patches(image_processor, patch_size:int, box:tuple, image_size:tuple)->torch.Tensor:
+    "Row-major indices of the patches of the processed crop that overlap `box` (x, y, w, h in original pixels)."
+    (x0, y0, x1, y1), (cw, ch) = crop_box(image_processor, box, image_size)
+    p = patch_size; gw, gh = cw // p, ch // p
+    cols = [j for j in range(gw) if j * p < x1 and (j + 1) * p > x0]
+    rows = [i for i in range(gh) if i * p < y1 and (i + 1) * p > y0]
+    return torch.tensor([i * gw + j for i in rows for j in cols], dtype=torch.long)
+
 def object_patches(vlm:VLM, box:tuple, # (x, y, w, h) in original image pixels
                    image_size:tuple, # (width, height) of the original image
                   )->torch.Tensor:
-    "Indices (row-major, within the image block) of the image patches overlapping `box`."
+    "Indices (within the row's image block) of the image tokens whose patches overlap `box`."
     if isinstance(vlm.model, LlavaNextForConditionalGeneration):
-        raise ModelError("Object-level knockout flows need LLaVA-1.5's single patch grid; LLaVA-NeXT is not supported.")
+        raise ModelError("Object-level knockout flows need LLaVA-1.5's single patch grid; LLaVA-NeXT's tiled layout is "
+                         "not supported: use a LLaVA-1.5 model or remove those flows from knockout.flows.")
+    if any(v is None or math.isnan(float(v)) for v in box):
+        raise ModelError(f"Box {tuple(box)} has no coordinates (a question without a central object): "
+                         "skip such questions before asking for their object's patches.")
     ip, p = vlm.processor.image_processor, vlm.processor.patch_size
-    W, H = image_size
-    size, crop = getattr(ip, 'size', {}) or {}, getattr(ip, 'crop_size', None) or {}
-    if getattr(ip, 'do_resize', True) and 'shortest_edge' in size:
-        sc = size['shortest_edge'] / min(W, H); sx = sy = sc
-    elif getattr(ip, 'do_resize', True) and 'height' in size: sx, sy = size['width'] / W, size['height'] / H
-    else: sx = sy = 1.0
-    rw, rh = W * sx, H * sy
-    cw, ch = (crop.get('width', rw), crop.get('height', rh)) if getattr(ip, 'do_center_crop', False) else (rw, rh)
-    ox, oy = (rw - cw) / 2, (rh - ch) / 2
-    x, y, w, h = [float(v) for v in box]
-    x0, x1, y0, y1 = x * sx - ox, (x + w) * sx - ox, y * sy - oy, (y + h) * sy - oy
-    g_w, g_h = int(cw) // p, int(ch) // p
-    cols = [j for j in range(g_w) if j * p < x1 and (j + 1) * p > x0]
-    rows = [i for i in range(g_h) if i * p < y1 and (i + 1) * p > y0]
-    return torch.tensor([i * g_w + j for i in rows for j in cols], dtype=torch.long)
+    _, (cw, ch) = crop_box(ip, box, image_size)
+    extra = vlm.image_token_count - (cw // p) * (ch // p)  # 1: the CLS token comes first ('full' strategy)
+    if extra not in (0, 1):
+        raise ModelError(f"The model has {vlm.image_token_count} image tokens, not the {cw // p}×{ch // p} patch grid "
+                         "(+ CLS) of its processor's crop, so boxes cannot be mapped to its tokens.")
+    return box_patches(ip, p, box, image_size) + extra
