@@ -399,19 +399,18 @@ def write_counterfactuals(out_dir:str|Path, # a world folder written by `make_wo
                           families:tuple=FAMILIES,
                           per_family:int=1,
                           min_objects:int=2,
-                          max_objects:int=4,
-                          n_single:int|None=None, # ... (None = n_scenes // 10)
+                          max_objects:int=4, # ... (its single-object scenes have no twins and do not matter)
                           strict:bool=True, # a `questions.csv` the arguments do not reproduce: `UserError` (else a warning and None)
                          ) -> Path|None:
     "Write only the twins (PNGs + `counterfactuals.csv`) of an existing world, regenerated from its seed; `questions.csv` is read, never written."
-    n_single = n_scenes // 10 if n_single is None else n_single
-    _check_world_args(n_scenes, min_objects, max_objects, n_single)
+    _check_world_args(n_scenes, min_objects, max_objects, 0)
     out_dir = Path(out_dir); csv = out_dir / 'questions.csv'
     if not csv.exists(): raise UserError(f'{csv} does not exist: write the world first (make_world, or binding-sae make-world).')
     rows, twins, skipped = [], [], []
-    for _, r, tw, sk in _world(n_scenes, seed, families, per_family, min_objects, max_objects, n_single, True):
+    for _, r, tw, sk in _world(n_scenes, seed, families, per_family, min_objects, max_objects, 0, True):
         rows += r; twins += tw; skipped += sk
-    if _questions_csv(rows).encode('utf-8') != csv.read_bytes():
+    head, disk = _questions_csv(rows).encode('utf-8'), csv.read_bytes()
+    if not disk.startswith(head) or not all(l.startswith(f's{seed}_'.encode()) for l in disk[len(head):].splitlines()):
         msg = (f'{csv} is not the world of n_scenes={n_scenes}, seed={seed} with these families and object counts, so its '
                f'twins cannot be regenerated: delete {out_dir} and generate the world again with counterfactuals on.')
         if strict: raise UserError(msg)
