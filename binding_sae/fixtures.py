@@ -14,7 +14,7 @@ from PIL import Image
 __all__ = ['SYNTHETIC_CONDITIONS', 'BASELINE_SHIFTS', 'SYNTHETIC_COLORS', 'planted_dictionary', 'dictionary_recovery',
            'make_standin_images', 'random_llava_config', 'llama2_processor', 'random_llava', 'logit_diff_direction',
            'plant_latents', 'AblationSimulation', 'synthetic_matching', 'synthetic_ablation_results',
-           'write_synthetic_experiment', 'write_fixture_experiment']
+           'write_synthetic_experiment', 'write_fixture_experiment', 'write_fixture_interchange']
 
 # %% ../nbs/20_fixtures.ipynb #9e8cd4cb
 from .config import atomic_path
@@ -410,3 +410,32 @@ def write_fixture_experiment(exp_dir, # folder to write (created)
     atomic_write_json(exp / "results" / "ablation_results.json", ablation)
     atomic_write_json(exp / "analysis" / "hypothesis_report.json", build_report(ablation, n_bootstrap=200, seed=seed))
     return exp
+
+# %% ../nbs/20_fixtures.ipynb #e746690d
+def write_fixture_interchange(exp_dir, # a fixture experiment (its feature_catalog.json names the selected features)
+                              tasks:tuple=("binding_choose", "binding_query"), # one condition per task
+                              n_pairs:int=24, # counterfactual pairs per condition
+                              n_sets:int=50, # matched random sets
+                              seed:int=0, # noise seed
+                             ) -> Path:
+    "Write a synthetic `results/interchange_results.json` for the catalog's selected features; returns its path."
+    exp = Path(exp_dir)
+    fids = [int(f) for f in json.loads((exp / "feature_catalog.json").read_text())["selected_feature_ids"]]
+    rng = np.random.default_rng([seed, 2])
+    r4 = lambda x: round(float(x), 4)
+    def condition(k, task):
+        rate = r4(0.7 - 0.1 * k + 0.05 * rng.random())
+        rnd = np.clip(rng.normal(0.08, 0.03, n_sets), 0, 1)
+        half = 1.96 * math.sqrt(rate * (1 - rate) / n_pairs)
+        per = {str(f): {"swap_rate": r4(rate * (0.8 - 0.2 * j) + 0.05 * rng.random()),
+                        "mean_normalized_shift": r4(0.6 - 0.15 * j + 0.05 * rng.random()), "n_pairs": n_pairs}
+               for j, f in enumerate(fids)}
+        return {"task": task, "n_pairs": n_pairs, "per_feature": per, "summary": {
+            "swap_rate": rate, "swap_rate_ci": [r4(max(rate - half, 0)), r4(min(rate + half, 1))],
+            "mean_normalized_shift": r4(0.8 - 0.1 * k), "permutation_p": r4(1 / (n_sets + 1)),
+            "full_residual_swap_rate": r4(0.95 + 0.04 * rng.random()), "same_answer_flip_rate": r4(0.04 * rng.random()),
+            "random_swap_rate_mean": r4(rnd.mean())}}
+    out = exp / "results" / "interchange_results.json"
+    atomic_write_json(out, {"metadata": {"config_hash": "fixture", "selected_feature_ids": fids, "n_random_sets": n_sets,
+                                         "seed": seed}, "conditions": [condition(k, t) for k, t in enumerate(tasks)]})
+    return out

@@ -14,9 +14,9 @@ from PIL import Image
 __all__ = ['log', 'ATTRIBUTES', 'CSS', 'PAGE_CSS', 'FACTS', 'JS', 'CHECK_LABELS', 'DashboardError', 'read_dashboard_inputs',
            'attribute_base_rates', 'central_attributes', 'attribute_counts', 'selectivity', 'tracked_values',
            'is_tracked', 'tracks_text', 'histogram_svg', 'token_html', 'find_image', 'image_data_uri', 'scene_html',
-           'feature_effects', 'headline_effect', 'rank_basis', 'feature_table_html', 'feature_panel_html',
-           'verdict_html', 'dashboard_html', 'image_roots', 'question_texts', 'base_rates', 'visualize_step',
-           'feature_browser']
+           'feature_effects', 'headline_effect', 'feature_swaps', 'interchange_html', 'rank_basis',
+           'feature_table_html', 'feature_panel_html', 'verdict_html', 'dashboard_html', 'image_roots',
+           'question_texts', 'base_rates', 'visualize_step', 'feature_browser']
 
 # %% ../nbs/05_visualize.ipynb #f534c362
 from .config import Config, UserError, atomic_write_text, project_root
@@ -31,7 +31,7 @@ class DashboardError(UserError):
 
 def read_dashboard_inputs(exp_dir, # experiment folder
                          ) -> dict:
-    "The catalog, the feature stats and (None when absent) the ablation results and the hypothesis report of an experiment folder."
+    "The catalog, the feature stats and (None when absent) the ablation results, the hypothesis report and the interchange results of an experiment folder."
     exp = Path(exp_dir)
     catalog = read_step_json(exp / "feature_catalog.json", "identify", DashboardError)
     stats = read_step_json(exp / "feature_stats.json", "identify", DashboardError)
@@ -42,7 +42,9 @@ def read_dashboard_inputs(exp_dir, # experiment folder
     if ablation is None: log.warning("%s is missing: the dashboard shows no ablation effects", abl_path)
     report = read_step_json(rep_path, "analyze", DashboardError) if rep_path.exists() else None
     if report is None: log.warning("%s is missing: the dashboard states no verdict", rep_path)
-    return dict(catalog=catalog, stats=stats, ablation=ablation, report=report)
+    ic_path = exp / "results" / "interchange_results.json"  # optional: without it the page has no swap column
+    interchange = read_step_json(ic_path, "interchange", DashboardError) if ic_path.exists() else None
+    return dict(catalog=catalog, stats=stats, ablation=ablation, report=report, interchange=interchange)
 
 # %% ../nbs/05_visualize.ipynb #855cfdb5
 ATTRIBUTES = ("color", "shape")  # central-object attributes whose selectivity is tested
@@ -254,6 +256,32 @@ def headline_effect(entries:list, # one feature's `feature_effects` entries
     "The condition the feature table shows: the first of the binding role (else the first)."
     return next((e for e in entries if e["role"] == "binding"), entries[0] if entries else None)
 
+# %% ../nbs/05_visualize.ipynb #dd0e4120
+def _p(x) -> str: return "—" if x is None else f"{100 * float(x):.3g} %"
+
+def feature_swaps(interchange:dict|None, # results/interchange_results.json (None = not run)
+                 ) -> dict | None:
+    "Per feature id, its swap alone in the first interchange condition ({task, swap_rate, mean_normalized_shift, n_pairs}); None when not run."
+    conds = (interchange or {}).get("conditions") or []
+    if not conds: return None
+    return {int(f): {**pf, "task": conds[0].get("task")} for f, pf in (conds[0].get("per_feature") or {}).items()}
+
+def interchange_html(interchange:dict|None, # results/interchange_results.json (None = not run)
+                    ) -> str:
+    "One line on the first interchange condition: the set's swap rate against the random sets, the whole residual and the same-answer control; '' when not run."
+    conds = (interchange or {}).get("conditions") or []
+    if not conds: return ""
+    c, n_sets = conds[0], (interchange.get("metadata") or {}).get("n_random_sets", "?")
+    s = c.get("summary") or {}
+    lo, hi = (s.get("swap_rate_ci") or [None, None])[:2]
+    more = f" ({len(conds) - 1} more condition{'s' if len(conds) > 2 else ''} in results/interchange_results.json.)" if len(conds) > 1 else ""
+    return (f'<p class="interchange" id="interchange"><b>Interchange</b> <span class="small">({html.escape(str(c.get("task")))}, '
+            f'{c.get("n_pairs")} pairs)</span>: swapped in from the counterfactual twin, the selected set carries the answer over in '
+            f'<b>{_p(s.get("swap_rate"))}</b> of the pairs (95 % CI {_p(lo)} to {_p(hi)}); {n_sets} matched random sets in '
+            f'{_p(s.get("random_swap_rate_mean"))} on average (permutation p {_g(s.get("permutation_p"))}); the whole residual '
+            f'stream at the same positions in {_p(s.get("full_residual_swap_rate"))}; a swap from a same-answer scene flips '
+            f'{_p(s.get("same_answer_flip_rate"))}.{more}</p>')
+
 # %% ../nbs/05_visualize.ipynb #99790d72
 CSS = """
 .bsae{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1d2330}
@@ -294,6 +322,7 @@ CSS = """
 .bsae section.verdict{border-left:8px solid #888;border-radius:8px;padding:12px 18px;margin:12px 0 14px;background:#fff}
 .bsae section.verdict.ok{border-color:#2e7d32;background:#eef7ee} .bsae section.verdict.no{border-color:#c62828;background:#fdf0f0}
 .bsae section.verdict h2{font-size:20px} .bsae .headline{font-size:14.5px;margin:4px 0 8px}
+.bsae p.interchange{border-left:6px solid #5c6bc0;border-radius:6px;background:#fff;padding:8px 16px;margin:0 0 12px}
 .bsae .chk{white-space:nowrap;font-weight:600} .bsae .chk.passed{color:#2e7d32} .bsae .chk.failed{color:#c62828} .bsae .chk.nm{color:#8a6d00}
 """
 PAGE_CSS = "body{margin:0;background:#f5f6fa}main.bsae{max-width:1240px;margin:0 auto;padding:22px 26px 60px}"
@@ -306,6 +335,11 @@ def _effect_cell(e) -> str:
             f'{len(e["effect"])} questions">{_g(v, signed=True)}</td>')
 
 def _pct(x) -> str: return "—" if x is None else f"{100 * float(x):.2f}%"
+
+def _swap_cell(s) -> str:
+    if not s or s.get("swap_rate") is None: return '<td class="num" data-v="">—</td>'
+    v = float(s["swap_rate"])
+    return f'<td class="num" data-v="{v!r}" title="{html.escape(str(s.get("task")))}, {s.get("n_pairs")} pairs">{_pct(v)}</td>'
 
 def rank_basis(catalog:dict, # feature_catalog.json
               ) -> tuple:
@@ -324,11 +358,13 @@ def feature_table_html(features:list, # catalog features
                        metric:str="logit_diff", # the ablation metric
                        basis:tuple=("score", "Score (rank)", "the score"), # from `rank_basis`
                        tracks:dict|None=None, # feature id → `tracks_text`
+                       swaps:dict|None=None, # from `feature_swaps` (None: no interchange results, no column)
                       ) -> str:
-    "The sortable feature table: rank, feature id, what the rank follows, score, firing rate, ablation effect alone, what it tracks."
+    "The sortable feature table: rank, feature id, what the rank follows, score, firing rate, ablation effect alone, swap rate, what it tracks."
     key, title, words = basis
     head = ([("Rank", "num"), ("Feature", "num"), (title, "num")] + ([(f"Score ({score_name})", "num")] if key != "score" else [])
-            + [("Firing rate", "num"), (f"Δ {metric}, ablated alone", "num"), ("What it tracks (vs base rate)", "")])
+            + [("Firing rate", "num"), (f"Δ {metric}, ablated alone", "num")]
+            + ([("Swap rate (interchange)", "num")] if swaps is not None else []) + [("What it tracks (vs base rate)", "")])
     ths = "".join(f'<th data-col="{i}" class="{c}" title="click to sort">{html.escape(h)}</th>' for i, (h, c) in enumerate(head))
     num = lambda v: f'<td class="num" data-v="{"" if v is None else repr(v)}">{_g(v)}</td>'
     rows = []
@@ -339,7 +375,8 @@ def feature_table_html(features:list, # catalog features
                     f'<td class="num" data-v="{fid}"><a href="#f{fid}">{fid}</a></td>' + num(f.get(key))
                     + (num(f.get("score")) if key != "score" else "")
                     + f'<td class="num" data-v="{f.get("firing_rate")!r}">{_pct(f.get("firing_rate"))}</td>'
-                    + _effect_cell(headline_effect(effects.get(fid, []))) +
+                    + _effect_cell(headline_effect(effects.get(fid, [])))
+                    + (_swap_cell(swaps.get(fid)) if swaps is not None else "") +
                     f'<td data-v="{html.escape(tr)}">{html.escape(tr)}</td></tr>')
     return (f'<p class="small">Rank order: {html.escape(words)} (the column after the feature id).</p>'
             f'<table class="features" id="features"><thead><tr>{ths}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
@@ -349,9 +386,11 @@ FACTS = [("score", "score"), ("binding_score", "binding score"), ("verified_effe
          ("auroc", "AUROC"), ("discrimination_score", "discrimination"), ("mean_activation_correct", "mean act. (correct)"),
          ("mean_activation_incorrect", "mean act. (incorrect)"), ("mean_activation", "mean activation")]
 
-def _facts_html(f:dict, tracks:str) -> str:
+def _facts_html(f:dict, tracks:str, swap:dict|None=None) -> str:
     items = [f'<span>{label} <b>{_g(f.get(k))}</b></span>' for k, label in FACTS if f.get(k) is not None]
     items.insert(1, f'<span>firing rate <b>{_pct(f.get("firing_rate"))}</b></span>')
+    if swap and swap.get("swap_rate") is not None:
+        items.insert(2, f'<span>swap rate alone (interchange, {html.escape(str(swap.get("task")))}) <b>{_pct(swap["swap_rate"])}</b></span>')
     fam = ", ".join(f"{html.escape(str(t))} ({n})" for t, n in (f.get("top_families") or []))
     if fam: items.append(f"<span>top families <b>{fam}</b></span>")
     items.append(f'<span>tracks <b>{html.escape(tracks)}</b></span>')
@@ -403,6 +442,7 @@ def feature_panel_html(feature:dict, # a catalog feature
                        roots:tuple=(), # folders relative image paths are relative to
                        cache:dict|None=None, # image cache shared across panels
                        base_rates:dict|None=None, # {attribute: {value: share among select questions}} (see `selectivity`)
+                       swap:dict|None=None, # its `feature_swaps` entry (None: no interchange results)
                       ) -> str:
     "One feature's panel: facts, activation histogram, ablation of it alone, top-activating questions with images."
     fid, cache = int(feature["feature_id"]), {} if cache is None else cache
@@ -418,7 +458,7 @@ def feature_panel_html(feature:dict, # a catalog feature
     tracked = tracked_values(sel)
     cards = "".join(_example_html(e, vmax, tracked, effect_of, roots, cache) for e in exs) or '<p class="small">no examples recorded</p>'
     return (f'<section class="panel" id="f{fid}"><h2>Feature {fid} <span class="small">rank {feature.get("rank")}</span></h2>'
-            f'{_facts_html(feature, tracks_text(feature, sel))}<div class="row">{hist_html}{_ablation_html(effects, question_text or {})}</div>'
+            f'{_facts_html(feature, tracks_text(feature, sel), swap)}<div class="row">{hist_html}{_ablation_html(effects, question_text or {})}</div>'
             f'<h3>Top-activating questions <span class="small">(token colour ∝ activation, full colour = {_g(vmax)}; '
             f'hover a token for its value)</span></h3><div class="examples">{cards}</div>'
             f'<p class="small"><a href="#features">↑ feature table</a></p></section>')
@@ -485,8 +525,6 @@ CHECK_LABELS = {"min_effect": "drop reaches the pre-registered bar", "significan
                 "matching": "random sets matched to the selected set", "direction": "ablation lowers the metric",
                 "questions": "questions"}  # the checks in the order the header lists them
 
-def _p(x) -> str: return "—" if x is None else f"{100 * float(x):.3g} %"
-
 def _check_numbers(name:str, r:dict, report:dict) -> str:
     "The numbers behind one check of the verdict, in words."
     s, m = report.get("summary") or {}, report.get("metadata") or {}
@@ -551,6 +589,7 @@ def dashboard_html(inputs:dict, # from `read_dashboard_inputs`
                   ) -> str:
     "The whole self-contained dashboard page (inline CSS, JS, SVG and data-URI images)."
     catalog, stats, ablation, report = inputs["catalog"], inputs["stats"], inputs["ablation"], inputs.get("report")
+    swaps = feature_swaps(inputs.get("interchange"))
     feats = sorted(catalog["features"], key=lambda f: (f.get("rank", 1e9), f["feature_id"]))
     effects = feature_effects(ablation)
     metric = next((e[0]["metric"] for e in effects.values() if e), (ablation or {}).get("metadata", {}).get("primary_metric", "logit_diff"))
@@ -558,15 +597,15 @@ def dashboard_html(inputs:dict, # from `read_dashboard_inputs`
                                          for x in e.get("top_examples", []) if x.get("question")}}
     cache = {}
     panels = "".join(feature_panel_html(f, stats["examples"].get(str(f["feature_id"])), effects.get(int(f["feature_id"]), []),
-                                        texts, roots, cache, base_rates) for f in feats)
+                                        texts, roots, cache, base_rates, (swaps or {}).get(int(f["feature_id"]))) for f in feats)
     exs = lambda f: (stats["examples"].get(str(f["feature_id"])) or {}).get("top_examples") or []
     tracks = {int(f["feature_id"]): tracks_text(f, selectivity(attribute_counts(f, exs(f)), base_rates)) for f in feats}
     score_name = (catalog.get("metadata") or {}).get("score", "score")
-    table = feature_table_html(feats, effects, score_name, metric, rank_basis(catalog), tracks) if feats else '<p>The catalog lists no features.</p>'
+    table = feature_table_html(feats, effects, score_name, metric, rank_basis(catalog), tracks, swaps) if feats else '<p>The catalog lists no features.</p>'
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
             f'<title>{html.escape(title)}</title><style>{PAGE_CSS}{CSS}</style></head>\n'
-            f'<body><main class="bsae"><h1>{html.escape(title)}</h1>{verdict_html(report)}{_meta_html(catalog, ablation)}{_legend_html(metric)}'
+            f'<body><main class="bsae"><h1>{html.escape(title)}</h1>{verdict_html(report)}{interchange_html(inputs.get("interchange"))}{_meta_html(catalog, ablation)}{_legend_html(metric)}'
             f'<h2 style="margin-top:14px">{len(feats)} features <span class="small">(click a header to sort, a row to open its panel)</span></h2>'
             f'{table}\n{panels}</main>\n<script>{JS}</script></body></html>\n')
 
@@ -610,6 +649,7 @@ def _counts(inputs:dict, effects:dict, roots:tuple, html_text:str) -> dict:
     return dict(n_features=len(inputs["catalog"]["features"]), n_examples=len(exs), n_images=len(images),
                 n_images_missing=sum(find_image(p, roots) is None for p in images),
                 n_features_with_ablation=sum(bool(effects.get(int(f["feature_id"]))) for f in inputs["catalog"]["features"]),
+                n_features_with_swap=sum(int(f["feature_id"]) in (feature_swaps(inputs.get("interchange")) or {}) for f in inputs["catalog"]["features"]),
                 html_bytes=len(html_text.encode("utf-8")))
 
 def visualize_step(cfg:Config, # the experiment's config
@@ -641,6 +681,7 @@ def feature_browser(exp_dir, # experiment folder (steps 2 and 3 done)
     inputs = read_dashboard_inputs(exp_dir)
     feats = sorted(inputs["catalog"]["features"], key=lambda f: (f.get("rank", 1e9), f["feature_id"]))
     by_id, effects, cache = {int(f["feature_id"]): f for f in feats}, feature_effects(inputs["ablation"]), {}
+    swaps = feature_swaps(inputs.get("interchange")) or {}
     texts = {**(question_text or {}), **{str(x["question_id"]): x["question"] for e in inputs["stats"]["examples"].values()
                                          for x in e.get("top_examples", []) if x.get("question")}}
     exs = lambda f: (inputs["stats"]["examples"].get(str(f["feature_id"])) or {}).get("top_examples") or []
@@ -651,7 +692,7 @@ def feature_browser(exp_dir, # experiment folder (steps 2 and 3 done)
     def show(fid):
         out.outputs = ()
         if fid is None: body = "<p>The catalog lists no features.</p>"
-        else: body = feature_panel_html(by_id[fid], inputs["stats"]["examples"].get(str(fid)), effects.get(fid, []), texts, roots, cache, base_rates)
+        else: body = feature_panel_html(by_id[fid], inputs["stats"]["examples"].get(str(fid)), effects.get(fid, []), texts, roots, cache, base_rates, swaps.get(fid))
         out.append_display_data(HTML(f'<style>{CSS}</style><div class="bsae">{body}</div>'))
     dd.observe(lambda ch: show(ch["new"]), names="value")
     show(dd.value)

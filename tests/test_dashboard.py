@@ -3,7 +3,7 @@
 Builds a fixture experiment (binding_sae.fixtures.write_fixture_experiment), runs visualize_step, and checks that the
 page loads without console errors, states the verdict first (in words, with the bar and every check), shows at least
 the catalog's number of feature rows, reads "what it tracks" against base rates, lists as many test questions per
-panel as it says, embeds every image, fetches nothing from the network, sorts its table, and leaves a screenshot in tests/artifacts/dashboard.png (not committed).
+panel as it says, shows each feature's interchange swap rate and the set's swap line, embeds every image, fetches nothing from the network, sorts its table, and leaves a screenshot in tests/artifacts/dashboard.png (not committed).
 """
 import json, os, re, shutil, tempfile
 from pathlib import Path
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from binding_sae.config import config_from_dict
-from binding_sae.fixtures import write_fixture_experiment
+from binding_sae.fixtures import write_fixture_experiment, write_fixture_interchange
 from binding_sae.visualize import visualize_step
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -21,6 +21,7 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
     exp = write_fixture_experiment(tmp_path_factory.mktemp("dash") / "fixture", n_features=3)
+    write_fixture_interchange(exp)  # results/interchange_results.json: the swap column and line
     cfg = config_from_dict({"dataset": {"refined_dataset": str(exp / "world" / "questions.csv")}})  # base rates of "what it tracks"
     counts = visualize_step(cfg, exp)
     return exp, counts
@@ -77,6 +78,18 @@ def test_dashboard_in_chromium(dashboard, browser):
 
     rows = browser.find_elements("css selector", "table#features tbody tr")
     assert len(rows) >= n_catalog == counts["n_features"]
+    # the interchange swap: a column with each feature's swap rate alone (first condition), and the set's line under the verdict
+    inter = json.loads((exp / "results" / "interchange_results.json").read_text())["conditions"][0]
+    heads = [th.text for th in browser.find_elements("css selector", "table#features thead th")]
+    col = next(i for i, h in enumerate(heads) if h.lower().startswith("swap rate (interchange)"))
+    shown = {r.find_elements("css selector", "td")[1].text: r.find_elements("css selector", "td")[col].text for r in rows}
+    assert shown == {f: f"{100 * v['swap_rate']:.2f}%" for f, v in inter["per_feature"].items()}, (shown, inter["per_feature"])
+    line = browser.find_element("css selector", "p#interchange")
+    assert line.location["y"] < browser.find_element("css selector", "table#features").location["y"]
+    s = inter["summary"]
+    for k in ("swap_rate", "random_swap_rate_mean", "full_residual_swap_rate"):
+        assert f"{100 * s[k]:.3g} %" in line.text, (k, line.text)
+    assert inter["task"] in line.text and counts["n_features_with_swap"] == n_catalog
     # each panel says how many test questions its ablation list shows, and shows that many
     for panel in browser.find_elements("css selector", "section.panel"):
         said = [re.search(r"on (?:its (\d+)|the (\d+) of its \d+) test questions", h.text)
