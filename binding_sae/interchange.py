@@ -185,16 +185,23 @@ def swap_summary(ld:np.ndarray, # patched logit difference per pair
 # %% ../nbs/03_interchange.ipynb #f371290c
 def interchange_condition(run:dict, # merged `interchange_batch` outputs of one task's kept pairs
                           has_same:np.ndarray, # bool per pair: it has a same-answer scene
-                          sets:list, n_selected:int, # feature sets (selected, singles, random); singles follow the selected set
-                          selected:list, cfg:Config, task:str) -> dict:
-    "One task's record: per-pair values, the summaries of every condition, the random null, per-feature swaps, the verdict."
+                          sets:list, # feature sets: the selected set, its single features, the baselines, the random sets
+                          selected:list, baselines:list, # the selected ids; the baseline names (in `sets` order)
+                          cfg:Config, task:str) -> dict:
+    "One task's record: per-pair values, the summaries of every condition, baselines, the random null, per-feature swaps, the verdict."
     ic, ev, nb, seed = cfg.interchange, cfg.evaluation, cfg.ablation.n_bootstrap, cfg.training.seed
     b, c = run["baseline"]["logit_diff"], run["counterfactual"]["logit_diff"]
     fx, st = run["fixed"]["logit_diff"], run["sets"]["logit_diff"]
     summ = lambda ld, cf=c, rows=slice(None): swap_summary(ld[rows], b[rows], None if cf is None else cf[rows], nb, seed)
     sel = summ(st[:, 0])
-    singles = st[:, 1:1 + n_selected]
-    rnd = st[:, 1 + n_selected:]
+    n_sel, n_bl = len(selected), len(baselines)
+    singles, bls, rnd = st[:, 1:1 + n_sel], st[:, 1 + n_sel:1 + n_sel + n_bl], st[:, 1 + n_sel + n_bl:]
+    sw0 = (st[:, 0] < 0).astype(float)
+    bl = {}
+    for j, name in enumerate(baselines):  # paired over pairs: selected swapped − baseline swapped
+        lo, hi = bootstrap_mean_ci(sw0 - (bls[:, j] < 0), nb, seed + 2 + j)
+        bl[name] = dict(swap_rate=float((bls[:, j] < 0).mean()) if len(b) else None, difference_ci=[lo, hi],
+                        selected_better=lo is not None and lo > 0)
     r_swap = (rnd < 0).mean(0) if len(b) else np.zeros(rnd.shape[1])
     r_ns = np.nanmean(normalized_shift(rnd, b, c), 0) if len(b) else np.zeros(rnd.shape[1])
     full, other = summ(fx[:, 0]), summ(fx[:, 1])
@@ -205,10 +212,13 @@ def interchange_condition(run:dict, # merged `interchange_batch` outputs of one 
     pairs_ok = full["swap_rate"] is not None and full["swap_rate"] >= ic.min_full_swap
     control_ok = same_sel["swap_rate"] is not None and same_sel["swap_rate"] <= ic.max_same_flip
     beats = p_swap is not None and p_swap < ev.significance_level
+    beats_bl = all(v["selected_better"] for v in bl.values())
     reasons = ([] if pairs_ok else [f"the whole residual swapped at the positions flips {_pct(full['swap_rate'])} of the pairs "
                                     f"(bound {_pct(ic.min_full_swap)}): these positions cannot carry the answer"])
     reasons += [] if control_ok else [f"a swap from a same-answer scene flips {_pct(same_sel['swap_rate'])} (bound "
                                       f"{_pct(ic.max_same_flip)}): the swap disrupts"]
+    reasons += [f"does not beat {n} ({_pct(v['swap_rate'])} swapped, paired difference CI "
+                f"[{_pct(v['difference_ci'][0])}, {_pct(v['difference_ci'][1])}])" for n, v in bl.items() if not v["selected_better"]]
     reasons += [] if beats else [f"the swap rate {_pct(sel['swap_rate'])} does not beat the {rnd.shape[1]} matched random sets "
                                  f"(p {p_swap if p_swap is None else round(p_swap, 4)})"]
     per_feature = {}
@@ -226,7 +236,8 @@ def interchange_condition(run:dict, # merged `interchange_batch` outputs of one 
                    other_positions_mean_normalized_shift=other.get("mean_normalized_shift") if has_other else None,
                    same_answer_flip_rate=same_sel["swap_rate"], same_answer_full_residual_flip_rate=same_full["swap_rate"],
                    n_same_answer_pairs=int(has_same.sum()), pairs_sane=bool(pairs_ok), control_passes=bool(control_ok),
-                   beats_random=bool(beats), carries_binding=bool(pairs_ok and control_ok and beats),
+                   baselines=bl, beats_baselines=bool(beats_bl), beats_random=bool(beats),
+                   carries_binding=bool(pairs_ok and control_ok and beats and beats_bl),
                    verdict_reason="; ".join(reasons) or "swaps the answer more often than every bound requires")
     lists = lambda x: [float(v) for v in x]
     return {"task": task, "n_pairs": int(len(b)), "question_id": run["question_id"], "cf_img_id": run["cf_img_id"],
@@ -234,13 +245,14 @@ def interchange_condition(run:dict, # merged `interchange_batch` outputs of one 
             "conditions": {"selected": {"logit_diff": lists(st[:, 0])},
                            **{name: {"logit_diff": lists(fx[:, k])} for k, name in enumerate(FIXED_CONDITIONS)}},
             "has_same_answer": [bool(x) for x in has_same],
-            "random": {"feature_sets": [[int(i) for i in s] for s in sets[1 + n_selected:]],
+            "baselines": {n: {"logit_diff": lists(bls[:, j])} for j, n in enumerate(baselines)},
+            "random": {"feature_sets": [[int(i) for i in s] for s in sets[1 + n_sel + n_bl:]],
                        "swap_rate": lists(r_swap), "mean_normalized_shift": lists(r_ns)},
             "per_feature": per_feature, "summary": summary}
 
 def _pct(x) -> str: return "–" if x is None else f"{100 * x:.1f} %"
 
-# %% ../nbs/03_interchange.ipynb #bae0c2be
+# %% ../nbs/03_interchange.ipynb #97d66288
 def interchange_inputs(exp:Path) -> list:
     "The experiment files whose bytes the interchange numbers depend on (besides the config)."
     return ablate_inputs(exp) + ["results/ablation_results.json"]
@@ -266,7 +278,7 @@ def _rows(df:pd.DataFrame, img_col:str, path_col:str) -> pd.DataFrame:
     has = df[img_col].notna()
     return df.assign(img_id=np.where(has, df[img_col], df["img_id"]), image_path=np.where(has, df[path_col], df["image_path"]))
 
-# %% ../nbs/03_interchange.ipynb #5407cba0
+# %% ../nbs/03_interchange.ipynb #a3f9657a
 def interchange_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reuse
                     ) -> dict:
     "Step 3c: swap the selected features between counterfactual pairs on the test split → results/interchange_results.json."
@@ -296,7 +308,9 @@ def interchange_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to
         pairs, n_same_first = scorable(vlm, pairs)
         ok = positions_found(vlm, pairs, how.kind)
         pairs = pairs[ok].reset_index(drop=True)
-        sets = [selected] + [[f] for f in selected] + rand
+        chosen = ablation["metadata"].get("baselines") or {}
+        names = sorted(chosen)
+        sets = [selected] + [[f] for f in selected] + [chosen[n]["feature_ids"] for n in names] + rand
         store = ChunkStore(exp, "interchange", inputs_key(cfg, exp, interchange_inputs(exp)))
         qb, n_rows = plan_batches(vlm, len(FIXED_CONDITIONS) + len(sets), ic.batch_size, shared_prefix=how.kind != "all",
                                   max_questions=8 if str(vlm.device).startswith("cuda") else 32)
@@ -329,10 +343,11 @@ def interchange_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to
             m = keep & (pairs["task"].astype(str) == task).to_numpy()
             sub = {k: {mm: v[m] for mm, v in d.items()} for k, d in merged.items()}
             sub.update(question_id=pairs["question_id"].astype(str)[m].tolist(), cf_img_id=pairs["cf_img_id"].astype(str)[m].tolist())
-            conditions.append(interchange_condition(sub, has_same[m], sets, len(selected), selected, cfg, task))
+            conditions.append(interchange_condition(sub, has_same[m], sets, selected, names, cfg, task))
         results = {"metadata": dict(config_hash=config_hash(cfg), model=cfg.model.name, layer=how.layer, position_type=how.kind,
                                     split="test", selected_feature_ids=selected, n_random_sets=len(rand),
                                     min_attainable_p=1 / (len(rand) + 1), matching=ablation["metadata"].get("matching"),
+                                    baselines={n: chosen[n] for n in names},
                                     pairs=dict(**pair_counts, n_pairs=int(len(b)), n_same_first_token=int(n_same_first),
                                                n_without_positions=int((~ok).sum()), n_answered_wrong=n_wrong,
                                                n_used=int(keep.sum())),
