@@ -10,9 +10,9 @@ from typing import Literal
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'MODEL_STEPS', 'CSV_KEYS', 'Engine', 'Step', 'get_step', 'parse_steps',
-           'notebooks_dir', 'StepFailed', 'ensure_before', 'InputsMissing', 'model_problem', 'data_problems',
-           'folder_problem', 'check_inputs', 'RunOptions', 'run_pipeline', 'run_summary']
+__all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'MODEL_STEPS', 'CSV_KEYS', 'Engine', 'Step', 'get_step',
+           'parse_steps', 'notebooks_dir', 'run_copy', 'StepFailed', 'ensure_before', 'InputsMissing', 'model_problem',
+           'data_problems', 'folder_problem', 'check_inputs', 'RunOptions', 'run_pipeline', 'run_summary']
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
 from .config import (Config, UserError, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
@@ -83,6 +83,16 @@ def _ipc_kernel_manager():
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
     return IPCKernelManager
 
+SMOKE_TAG = "smoke"  # a step notebook's cells that check or demonstrate its own smoke run (nbdev_test runs them)
+
+def run_copy(path, # a step notebook
+            ):
+    "The notebook at `path` as a pipeline run executes it: without the cells tagged `SMOKE_TAG`."
+    import nbformat
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells = [c for c in nb.cells if SMOKE_TAG not in c.get("metadata", {}).get("tags", [])]
+    return nb
+
 def _run_papermill(step:Step, cfg:Config, exp:Path, overrides:dict, nbs:Path|None=None) -> dict:
     import papermill as pm
     nbs = nbs or notebooks_dir()
@@ -93,7 +103,7 @@ def _run_papermill(step:Step, cfg:Config, exp:Path, overrides:dict, nbs:Path|Non
                   experiment_dir=str(exp.resolve()), step=step.name)
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # the kernel's debugger warning about frozen modules
     try:  # the notebook's own output (its progress bars) streams to stderr, as the direct engine's does
-        pm.execute_notebook(str(nbs / step.notebook), str(out), parameters=params, kernel_name="python3", language="python",
+        pm.execute_notebook(run_copy(nbs / step.notebook), str(out), parameters=params, kernel_name="python3", language="python",
                             cwd=str(nbs), progress_bar=False, log_output=False, stdout_file=sys.stderr, stderr_file=sys.stderr,
                             kernel_manager_class=_ipc_kernel_manager(), extra_arguments=[TEXT_PROGRESS])
     except pm.PapermillExecutionError as e:
