@@ -10,12 +10,13 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['log', 'METRICS', 'CONTROL_ROLES', 'READOUT_ROLE', 'BASELINES', 'CEILINGS', 'TINY', 'SPECIFICITY_FLOOR',
            'NOT_COMPARABLE_FLOOR', 'NOT_COMPARABLE_FRACTION', 'MIN_ANSWER_VALUES', 'MIN_POOL_FACTOR', 'REQUIRED_CHECKS',
-           'CONDITION_KEYS', 'PRIMARY_KEYS', 'RECORD_KEYS', 'paired_one_sided', 'd_z', 'clustered_bootstrap_ci',
-           'permutation_p', 'holm', 'relative_drop', 'specificity', 'AnalysisError', 'check_ablation_results',
-           'compare_baselines', 'answer_breakdown', 'analyze_condition', 'add_specificity', 'matching_check',
-           'verdict_checks', 'add_verdict', 'summarize_knockout', 'knockout_recovery', 'headline', 'build_report',
-           'save_png', 'plot_null', 'plot_forest', 'plot_knockout', 'plot_training_curves', 'analyze',
-           'analyze_from_config', 'analyze_step']
+           'CONDITION_KEYS', 'PRIMARY_KEYS', 'RECORD_KEYS', 'INTERCHANGE_KEYS', 'paired_one_sided', 'd_z',
+           'clustered_bootstrap_ci', 'permutation_p', 'holm', 'relative_drop', 'specificity', 'AnalysisError',
+           'check_ablation_results', 'compare_baselines', 'answer_breakdown', 'analyze_condition', 'add_specificity',
+           'matching_check', 'verdict_checks', 'add_verdict', 'summarize_knockout', 'knockout_recovery', 'headline',
+           'build_report', 'summarize_interchange', 'interchange_headline', 'save_png', 'plot_null', 'plot_forest',
+           'plot_interchange', 'plot_knockout', 'plot_training_curves', 'analyze', 'analyze_from_config',
+           'analyze_step']
 
 # %% ../nbs/04_analyze.ipynb #aa731ab5
 import numpy as np
@@ -453,6 +454,7 @@ def build_report(ablation:dict, # parsed ablation_results.json
                  min_relative_drop:float=0.1, # smallest relative drop that counts as an effect (evaluation.min_relative_drop)
                  max_match_smd:float=0.25, # largest |SMD| between selected and random sets (evaluation.max_match_smd)
                  readout_max_share:float=0.5, # largest share of the drop on one answer value (evaluation.readout_max_share)
+                 interchange:dict|None=None, # parsed interchange_results.json, if any
                 ) -> dict:
     "The hypothesis report (a JSON-ready dict) from step 3's results."
     check_ablation_results(ablation, primary_metric)
@@ -477,6 +479,7 @@ def build_report(ablation:dict, # parsed ablation_results.json
                f"{primary['condition']} ({primary['verdict_reason']}); {len(supported)} of "
                f"{sum(r['role'] == 'binding' for r in rows)} binding conditions supported")
     n_sel = len(meta.get("selected_feature_ids") or []) or None
+    ic = summarize_interchange(interchange, primary and primary.get("task"))
     report = {"primary_metric": primary_metric, "primary_condition": primary and primary["condition"],
               **{k: (primary or {}).get(k) for k in PRIMARY_KEYS},
               "summary": {"headline": headline(primary, n_sel, min_p, min_relative_drop, primary_metric),
@@ -484,8 +487,10 @@ def build_report(ablation:dict, # parsed ablation_results.json
                           "supported_conditions": supported, "n_conditions": len(rows),
                           "n_binding_conditions": sum(r["role"] == "binding" for r in rows),
                           "holm_family_size": len(family), "min_attainable_p": min_p, "min_attainable_holm_p": min_holm,
-                          "matching_ok": matching[0], "matching": matching[1]},
-              "conditions": rows, "knockout": summarize_knockout(knockout),
+                          "matching_ok": matching[0], "matching": matching[1],
+                          "carries_binding": ic and ic["carries_binding"],
+                          "interchange_headline": ic["headline"] if ic else interchange_headline(None)},
+              "conditions": rows, "knockout": summarize_knockout(knockout), "interchange": ic,
               "metadata": {"significance_level": significance_level, "n_bootstrap": n_bootstrap, "seed": seed,
                            "min_relative_drop": min_relative_drop, "max_match_smd": max_match_smd,
                            "readout_max_share": readout_max_share, "required_checks": list(REQUIRED_CHECKS),
@@ -494,6 +499,43 @@ def build_report(ablation:dict, # parsed ablation_results.json
                            "ablation_metadata": meta}}
     report["hypothesis_supported"] = report["summary"]["hypothesis_supported"]
     return _clean(report)
+
+# %% ../nbs/04_analyze.ipynb #ce9c2257
+INTERCHANGE_KEYS = ("n_pairs", "swap_rate", "swap_rate_ci", "mean_normalized_shift", "normalized_shift_ci",
+                    "random_swap_rate_mean", "random_swap_rate_max", "permutation_p", "full_residual_swap_rate",
+                    "other_positions_swap_rate", "same_answer_flip_rate", "baselines", "beats_baselines", "beats_random",
+                    "pairs_sane", "control_passes", "carries_binding", "verdict_reason")  # copied per task into the report
+
+def summarize_interchange(interchange:dict|None, # parsed interchange_results.json (or None)
+                          task:str|None=None, # the primary task (default: the first)
+                         ) -> dict|None:
+    "Per task the interchange summary, the primary task's verdict and its sentence; None when not measured."
+    if not interchange: return None
+    md = interchange.get("metadata", {})
+    tasks = [{"task": c["task"], **{k: c["summary"].get(k) for k in INTERCHANGE_KEYS}, "n_pairs": c["n_pairs"]}
+             for c in interchange.get("conditions", [])]
+    t = next((x for x in tasks if x["task"] == task), tasks[0] if tasks else None)
+    return {"position_type": md.get("position_type"), "layer": md.get("layer"), "pairs": md.get("pairs"),
+            "n_random_sets": md.get("n_random_sets"), "min_attainable_p": md.get("min_attainable_p"), "tasks": tasks,
+            "primary_task": t and t["task"], "carries_binding": bool(t and t["carries_binding"]),
+            "headline": interchange_headline(t, md)}
+
+def interchange_headline(t:dict|None, # one task of `summarize_interchange`
+                         md:dict|None=None, # interchange_results.json metadata
+                        ) -> str:
+    "The interchange verdict in one sentence."
+    if t is None: return "Interchange: not measured."
+    md = md or {}
+    ci = t.get("swap_rate_ci") or [None, None]
+    g = lambda x: "—" if x is None else f"{x:.3g}"
+    ci_s = f" (95 % CI {_pc(ci[0])} to {_pc(ci[1])})" if _finite(ci[0]) else ""
+    return (f"Interchange {'CARRIES THE BINDING' if t['carries_binding'] else 'does not show the binding'} in {t['task']} "
+            f"({md.get('position_type', '?')} positions, layer {md.get('layer', '?')}, {t['n_pairs']} pairs): swapping the "
+            f"selected features from the counterfactual twin swaps the answer in {_pc(t['swap_rate'])}{ci_s} of pairs vs "
+            f"{_pc(t['random_swap_rate_mean'])} on average and {_pc(t['random_swap_rate_max'])} at most for "
+            f"{md.get('n_random_sets', '?')} matched random sets (p {g(t['permutation_p'])}); the whole residual swaps "
+            f"{_pc(t['full_residual_swap_rate'])}, a same-answer swap flips {_pc(t['same_answer_flip_rate'])}."
+            + ("" if t["carries_binding"] else f" Why: {t['verdict_reason']}."))
 
 # %% ../nbs/04_analyze.ipynb #ec6bfd24
 def _figure(w, h):
@@ -573,6 +615,25 @@ def plot_forest(rows:list[dict], # condition records of the report
     ax.set_title("Ablation by condition: the selected set must pass the bar, the random sets and every trivial baseline", fontsize=9)
     return fig
 
+def plot_interchange(cond:dict, # one task of interchange_results.json "conditions"
+                    ) -> Figure:
+    "The random sets' swap rates, with the selected set, the whole residual and the same-answer control marked."
+    fig = _figure(6, 3); ax = fig.subplots()
+    s = cond["summary"]
+    ax.hist(cond["random"]["swap_rate"], bins=np.linspace(0, 1, 41), color="0.7",
+            label=f"{len(cond['random']['swap_rate'])} matched random sets")
+    ax.axvline(s["swap_rate"], color="C3", lw=2, label=f"selected features ({_pc(s['swap_rate'])})")
+    for name, b in (s.get("baselines") or {}).items():
+        ax.axvline(b["swap_rate"], color="C1", lw=1, ls="-.", alpha=0.7)
+    if s.get("baselines"): ax.plot([], [], color="C1", ls="-.", label="trivial baselines")
+    ax.axvline(s["full_residual_swap_rate"], color="C0", ls="--", label=f"whole residual ({_pc(s['full_residual_swap_rate'])})")
+    if s.get("same_answer_flip_rate") is not None:
+        ax.axvline(s["same_answer_flip_rate"], color="C2", ls=":", label=f"same-answer control ({_pc(s['same_answer_flip_rate'])})")
+    ax.set_xlim(-0.02, 1.02); ax.set_xlabel("swap rate (the answer follows the counterfactual twin)"); ax.set_ylabel("random sets")
+    ax.set_title(f"Interchange: {cond['task']}, {cond['n_pairs']} pairs (p {s['permutation_p']:.3g})", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center")
+    return fig
+
 def plot_knockout(knockout:dict, # parsed knockout_results.json
                  ) -> Figure:
     "Attention-knockout layer curves: mean % change per flow with its CI."
@@ -635,8 +696,10 @@ def analyze(exp_dir, # experiment folder
     if not abl_path.is_file(): raise AnalysisError(f"{abl_path} does not exist: run the ablate step first.")
     ablation = read_step_json(abl_path, "ablate", AnalysisError)
     knockout = read_step_json(ko_path, "knockout", AnalysisError) if ko_path.is_file() else None
+    ic_path = exp_dir / "results/interchange_results.json"
+    interchange = read_step_json(ic_path, "interchange", AnalysisError) if ic_path.is_file() else None
     report = build_report(ablation, knockout, significance_level, primary_metric, n_bootstrap, seed, min_relative_drop,
-                          max_match_smd, readout_max_share)
+                          max_match_smd, readout_max_share, interchange)
     out, figures = exp_dir / "analysis", []
     for cond, row in zip(ablation["conditions"], report["conditions"]):
         if row["n_questions"] and row["n_random_sets"]:
@@ -645,6 +708,10 @@ def analyze(exp_dir, # experiment folder
     save_png(plot_forest(report["conditions"], primary_metric, min_relative_drop), out / "forest.png"); figures.append("forest.png")
     if knockout and knockout.get("curves"):
         save_png(plot_knockout(knockout), out / "knockout_curves.png"); figures.append("knockout_curves.png")
+    for c in (interchange or {}).get("conditions", []):
+        if c["n_pairs"]:
+            name = f"interchange_{_slug(c['task'])}.png"
+            save_png(plot_interchange(c), out / name); figures.append(name)
     if hist_path.is_file() and (fig := plot_training_curves(read_step_json(hist_path, "train", AnalysisError))) is not None:
         save_png(fig, out / "sae_training_curves.png"); figures.append("sae_training_curves.png")
     report["figures"] = sorted(figures)
