@@ -10,10 +10,10 @@ from typing import Literal
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'MODEL_STEPS', 'CSV_KEYS', 'Engine', 'Step', 'get_step',
-           'parse_steps', 'notebooks_dir', 'run_copy', 'StepFailed', 'ensure_before', 'InputsMissing', 'model_problem',
-           'data_problems', 'pairs_problem', 'folder_problem', 'check_inputs', 'RunOptions', 'run_pipeline',
-           'run_summary']
+__all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'METHOD_DIRECTIVES', 'MODEL_STEPS', 'CSV_KEYS', 'Engine',
+           'Step', 'get_step', 'parse_steps', 'notebooks_dir', 'run_copy', 'StepFailed', 'ensure_before',
+           'InputsMissing', 'model_problem', 'data_problems', 'pairs_problem', 'folder_problem', 'check_inputs',
+           'RunOptions', 'run_pipeline', 'run_summary']
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
 from .config import (Config, UserError, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
@@ -87,12 +87,27 @@ def _ipc_kernel_manager():
 
 SMOKE_TAG = "smoke"  # a step notebook's cells that check or demonstrate its own smoke run (nbdev_test runs them)
 
+METHOD_DIRECTIVES = ("#| export", "#| exporti", "#| exports", "#| hide", "#| default_exp")  # code cells of the method
+
+def _is_run_heading(c) -> bool: return c.cell_type == "markdown" and c.source.lstrip().startswith("## Run")
+
+def _imports_only(src:str) -> bool:
+    "A code cell that only imports (the run may use what it imports)."
+    import ast
+    try: body = ast.parse(src).body
+    except SyntaxError: return False
+    return bool(body) and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body)
+
 def run_copy(path, # a step notebook
             ):
-    "The notebook at `path` as a pipeline run executes it: without the cells tagged `SMOKE_TAG`."
+    "The notebook at `path` as a pipeline run executes it: the prose and the method's code, then its Run section; without the unit tests and demos before `## Run` and the cells tagged `SMOKE_TAG`."
     import nbformat
     nb = nbformat.read(str(path), as_version=4)
-    nb.cells = [c for c in nb.cells if SMOKE_TAG not in c.get("metadata", {}).get("tags", [])]
+    run_at = next((i for i, c in enumerate(nb.cells) if _is_run_heading(c)), 0)  # no Run section: every cell is the run
+    tags = lambda c: c.get("metadata", {}).get("tags", [])
+    method = lambda c: (c.cell_type != "code" or "parameters" in tags(c) or c.source.lstrip().startswith(METHOD_DIRECTIVES)
+                        or _imports_only(c.source))
+    nb.cells = [c for i, c in enumerate(nb.cells) if SMOKE_TAG not in tags(c) and (i >= run_at or method(c))]
     return nb
 
 def _run_papermill(step:Step, cfg:Config, exp:Path, overrides:dict, nbs:Path|None=None) -> dict:
