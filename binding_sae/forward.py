@@ -69,7 +69,11 @@ class Site:
     def module(self, vlm:VLM) -> torch.nn.Module:
         "The module whose forward output is this site."
         layer = vlm.layers[_check_layers(vlm, self.layer)[0]]
-        return layer if self.hook == "resid_post" else getattr(layer, _SUBMODULE[self.hook])
+        if self.hook == "resid_post": return layer
+        if not isinstance(getattr(layer, _SUBMODULE[self.hook], None), torch.nn.Module):
+            raise ModelError(f"{self.name} needs a LLaMA-style decoder layer with a .{_SUBMODULE[self.hook]} module; "
+                             f"{type(layer).__name__} has none: use harvest.hook=resid_post.")
+        return getattr(layer, _SUBMODULE[self.hook])
 
 def as_site(s:int|Site) -> Site:
     "A site as given, or layer `s`'s output (`resid_post`)."
