@@ -479,7 +479,7 @@ def build_report(ablation:dict, # parsed ablation_results.json
                f"{primary['condition']} ({primary['verdict_reason']}); {len(supported)} of "
                f"{sum(r['role'] == 'binding' for r in rows)} binding conditions supported")
     n_sel = len(meta.get("selected_feature_ids") or []) or None
-    ic = summarize_interchange(interchange, primary and primary.get("task"))
+    ic = summarize_interchange(interchange, primary and primary.get("task"), matching)
     report = {"primary_metric": primary_metric, "primary_condition": primary and primary["condition"],
               **{k: (primary or {}).get(k) for k in PRIMARY_KEYS},
               "summary": {"headline": headline(primary, n_sel, min_p, min_relative_drop, primary_metric),
@@ -508,12 +508,16 @@ INTERCHANGE_KEYS = ("n_pairs", "swap_rate", "swap_rate_ci", "mean_normalized_shi
 
 def summarize_interchange(interchange:dict|None, # parsed interchange_results.json (or None)
                           task:str|None=None, # the primary task (default: the first)
+                          matching:tuple=(None, ""), # `matching_check` of the random sets (the ablation's, swapped here too)
                          ) -> dict|None:
     "Per task the interchange summary, the primary task's verdict and its sentence; None when not measured."
     if not interchange: return None
     md = interchange.get("metadata", {})
     tasks = [{"task": c["task"], **{k: c["summary"].get(k) for k in INTERCHANGE_KEYS}, "n_pairs": c["n_pairs"]}
              for c in interchange.get("conditions", [])]
+    for t in tasks if matching[0] is False else []:  # a null of poorly matched sets cannot be beaten meaningfully
+        t["verdict_reason"] = matching[1] + ("" if t["carries_binding"] else "; " + t["verdict_reason"])
+        t["carries_binding"] = False
     t = next((x for x in tasks if x["task"] == task), tasks[0] if tasks else None)
     return {"position_type": md.get("position_type"), "layer": md.get("layer"), "pairs": md.get("pairs"),
             "n_random_sets": md.get("n_random_sets"), "min_attainable_p": md.get("min_attainable_p"), "tasks": tasks,

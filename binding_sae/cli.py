@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n", type=int, default=1000, help="number of scenes")
     p.add_argument("--seed", type=int, default=0, help="world seed")
+    p.add_argument("--counterfactuals", action="store_true",
+                   help="also write each binding question's counterfactual twins (counterfactuals.csv), for the interchange step")
     p = sub.add_parser("prepare-gqa", help="build a refined GQA question CSV from GQA's question and scene-graph JSON")
     _gqa_args(p)
     sub.add_parser("toy-train", help="retrain the toy LLaVA model organism", add_help=False)
@@ -78,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry_run", action="store_true", help="check config, inputs, folder and steps; write nothing")
     for name, helptext in [("train", "step 1: harvest activations and train the SAE"),
                            ("identify", "step 2: score features on the select split"),
-                           ("ablate", "step 3: ablation vs matched random sets, and the knockout baseline"),
-                           ("knockout", "step 3b: the attention-knockout layer sweep alone"),
+                           ("ablate", "step 3: ablation vs matched random sets, trivial baselines and the ceilings"),
+                           ("knockout", "step 3b: the attention-knockout layer sweep"),
+                           ("interchange", "step 3c: swap the selected features between counterfactual pairs"),
                            ("analyze", "step 4: statistics → hypothesis_report.json"),
                            ("visualize", "step 5: feature dashboard")]:
         _step_args(sub.add_parser(name, help=f"{helptext} (default engine direct)"))
@@ -105,7 +108,7 @@ def _check_config(a):
 
 def _make_world(a):
     from binding_sae.world import make_world
-    print(make_world(a.out, a.n, a.seed))
+    print(make_world(a.out, a.n, a.seed, counterfactuals=a.counterfactuals))
 
 def _prepare_gqa(a):
     from binding_sae.gqa import prepare_gqa

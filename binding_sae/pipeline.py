@@ -12,7 +12,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'MODEL_STEPS', 'CSV_KEYS', 'Engine', 'Step', 'get_step',
            'parse_steps', 'notebooks_dir', 'run_copy', 'StepFailed', 'ensure_before', 'InputsMissing', 'model_problem',
-           'data_problems', 'folder_problem', 'check_inputs', 'RunOptions', 'run_pipeline', 'run_summary']
+           'data_problems', 'pairs_problem', 'folder_problem', 'check_inputs', 'RunOptions', 'run_pipeline',
+           'run_summary']
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
 from .config import (Config, UserError, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
@@ -36,6 +37,7 @@ STEPS = [
     Step(2, "identify", "02_identify.ipynb", "binding_sae.identify:identify_step"),
     Step(3, "ablate", "03_ablate.ipynb", "binding_sae.ablate:ablate_step"),
     Step(3, "knockout", "03_ablate.ipynb", "binding_sae.ablate:knockout_step"),
+    Step(3, "interchange", "03_interchange.ipynb", "binding_sae.interchange:interchange_step"),
     Step(4, "analyze", "04_analyze.ipynb", "binding_sae.analyze:analyze_step"),
     Step(5, "visualize", "05_visualize.ipynb", "binding_sae.visualize:visualize_step"),
 ]
@@ -58,7 +60,7 @@ def parse_steps(spec:str|None) -> list[Step]:
             if not 1 <= int(tok) <= top: raise UserError(f"--steps {spec!r}: step numbers run from 1 to {top}.")
             out += [s for s in STEPS if s.number == int(tok)]
         else: out.append(get_step(tok))
-    return sorted(set(out), key=lambda s: (s.number, s.name))
+    return sorted(set(out), key=lambda s: (s.number, STEPS.index(s) if s in STEPS else len(STEPS), s.name))
 
 # %% ../nbs/15_pipeline.ipynb #822ef747
 def notebooks_dir() -> Path | None:
@@ -126,7 +128,7 @@ def ensure_before(cfg:Config, exp_dir, step:str) -> None:
 class InputsMissing(UserError):
     "Inputs a run would read are missing or unusable: one sentence per problem, one per line."
 
-MODEL_STEPS = ("train", "identify", "ablate", "knockout")  # the steps that load the model and read questions and images
+MODEL_STEPS = ("train", "identify", "ablate", "knockout", "interchange")  # the steps that load the model and read questions and images
 CSV_KEYS = {"binding": "refined_dataset", "control": "control_dataset", "relation": "relation_dataset",
             "readout": "readout_dataset"}  # the dataset key naming each role's CSV
 
@@ -171,6 +173,18 @@ def data_problems(cfg:Config) -> list[str]:
     finally: quiet.setLevel(level)
     return out
 
+def pairs_problem(cfg:Config) -> str | None:
+    "Why the interchange step would find no source of counterfactual pairs, or could not read its twins; or None."
+    csv, w, src = cfg.path(cfg.dataset.refined_dataset), cfg.dataset.world, cfg.interchange.pairs
+    if src == "same_question" or csv is None: return None
+    if (csv.parent / "counterfactuals.csv").is_file():
+        from binding_sae.world import read_counterfactuals
+        try: read_counterfactuals(csv); return None
+        except UserError as e: return str(e)
+    if src == "auto" or (w is not None and w.counterfactuals): return None  # same-question pairs, or twins written on first use
+    return (f"interchange.pairs is 'twins' but there is no {csv.parent / 'counterfactuals.csv' if csv else 'counterfactuals.csv'}: "
+            "generate the world with dataset.world.counterfactuals: true, or set interchange.pairs: same_question.")
+
 def folder_problem(cfg:Config, exp, force:bool=False) -> str | None:
     "Why the experiment folder would refuse `cfg` (a folder of another config, without `force`), or None."
     saved = Path(exp) / "config.yaml"
@@ -190,6 +204,12 @@ def check_inputs(cfg:Config, # the run's config
     problems = []
     if names & set(MODEL_STEPS):
         problems += [p for p in [model_problem(cfg)] if p] + data_problems(cfg)
+    if "knockout" in names:
+        from binding_sae.ablate import check_knockout_attention, check_knockout_boxes
+        for check in (check_knockout_attention, check_knockout_boxes):
+            try: check(cfg)
+            except UserError as e: problems.append(str(e))
+    if "interchange" in names and (p := pairs_problem(cfg)): problems.append(p)
     if exp is not None and (p := folder_problem(cfg, exp, force)): problems.append(p)
     if problems: raise InputsMissing("\n".join(problems))
 
@@ -222,6 +242,8 @@ def run_pipeline(config_path, # YAML config
     cfg = load_config(config_path, overrides)
     exp = check_experiment_dir(resolve_experiment_dir(cfg, experiment_dir, experiment_name))
     todo = parse_steps(steps)
+    if not cfg.interchange.enabled:  # off in the config: run only when asked for by name
+        todo = [s for s in todo if s.name != "interchange" or steps == "interchange"]
     if o.skip_train:
         todo = [s for s in todo if s.name != "train"]
         if o.sae_checkpoint is None and not (exp / "sae" / "cfg.json").exists():
@@ -241,7 +263,7 @@ def _run_locked(cfg:Config, exp:Path, todo:list, o:RunOptions, overrides) -> dic
     if o.sae_checkpoint is not None:
         from binding_sae.train import import_sae
         import_sae(cfg, exp, o.sae_checkpoint)
-        for later in ("identify", "ablate", "knockout", "analyze", "visualize"):  # they described the previous SAE
+        for later in ("identify", "ablate", "knockout", "interchange", "analyze", "visualize"):  # they described the previous SAE
             (exp / f"{later}.done.json").unlink(missing_ok=True)
     manifest = _read_manifest(exp, cfg)
     for step in todo:
@@ -305,6 +327,7 @@ def run_summary(cfg:Config, exp_dir) -> str:
                  f"  permutation p: {g(row['permutation_p'])} against {row['n_random_sets']} matched random sets "
                  f"(Holm p {g(row['holm_p'])}; smallest attainable {g(report['summary'].get('min_attainable_p'))})",
                  f"  random sets that drop less than 10 %: {_pc(row['random_drop_fraction_below_10pct'])}"]
+    if report.get("interchange"): lines.append(report["summary"]["interchange_headline"])
     figures = [str(exp / "analysis" / f) for f in report.get("figures", []) if f == "forest.png"]
     lines.append(f"Report:    {rep}" + (f" (figures: {figures[0]} and the rest of {exp / 'analysis'})" if figures else ""))
     lines.append(f"Dashboard: {dash}" if step_done(exp, "visualize", cfg) and dash.is_file()

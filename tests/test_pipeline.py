@@ -6,11 +6,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = ["config.yaml", "splits.csv", "sae_checkpoint.pt", "sae/cfg.json", "sae/sae_weights.safetensors",
            "sae/metrics.json", "sae/history.json", "feature_catalog.json", "feature_stats.json",
-           "results/ablation_results.json", "results/knockout_results.json", "analysis/hypothesis_report.json",
+           "results/ablation_results.json", "results/knockout_results.json", "results/interchange_results.json",
+           "analysis/hypothesis_report.json",
            "feature_dashboard/index.html", "manifest.json"] + [f"notebooks/{n}" for n in
-           ["01_train.ipynb", "02_identify.ipynb", "03_ablate.ipynb", "04_analyze.ipynb", "05_visualize.ipynb"]]
+           ["01_train.ipynb", "02_identify.ipynb", "03_ablate.ipynb", "03_interchange.ipynb", "04_analyze.ipynb",
+            "05_visualize.ipynb"]]
 
-STEPS = ["train", "identify", "ablate", "knockout", "analyze", "visualize"]
+STEPS = ["train", "identify", "ablate", "knockout", "interchange", "analyze", "visualize"]
 
 def cli(*args) -> str:
     "Run the CLI; its stdout (exit code 0 asserted)."

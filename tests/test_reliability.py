@@ -134,7 +134,7 @@ def smoke_sets(toy_model, world) -> list:
             "feature_identification.top_k": 4, "feature_identification.n_verify": 4,
             "feature_identification.min_group_size": 2, "feature_identification.min_firing_rate": 0.0,
             "ablation.n_random_features": 5, "ablation.n_bootstrap": 50,
-            "knockout.max_samples": 8, "knockout.layers": "[1, 2]"}
+            "knockout.max_samples": 8, "knockout.layers": "[1, 2]", "interchange.min_pairs": 2}
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
 @pytest.fixture(scope="session")
@@ -1078,3 +1078,57 @@ def test_model_folder_without_processor(tmp_path, cfg_file, toy_model, capsys):
                phrases=[str(bare), "has no usable processor", "save_pretrained"])
     assert not (exp / "activations").exists()
     assert_complete_files(exp)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the interchange step: it runs in the pipeline; too few pairs, a missing or unreadable twins file are refused
+
+def test_interchange_in_the_pipeline(reference):
+    "The uninterrupted run swapped features between the world's twins on test questions only, with the ablation's null."
+    r = json.loads((reference / "results" / "interchange_results.json").read_text())
+    ab = json.loads((reference / "results" / "ablation_results.json").read_text())
+    assert r["metadata"]["pairs"]["source"] == "twins" and r["conditions"], r["metadata"]
+    import csv
+    split = {row["question_id"]: row["split"] for row in csv.DictReader(open(reference / "splits.csv"))}
+    for c in r["conditions"]:
+        assert c["n_pairs"] >= 2 and c["random"]["feature_sets"] == ab["conditions"][0]["random"]["feature_sets"]
+        assert {split[q] for q in c["question_id"]} == {"test"}
+    report = json.loads((reference / "analysis" / "hypothesis_report.json").read_text())
+    assert report["interchange"]["tasks"] and report["summary"]["interchange_headline"].startswith("Interchange ")
+
+def _world_copy(world:Path, dst:Path, twins:str|None=None) -> Path:
+    "A copy of the session's world (images linked) with no twins file, or with `twins` as its text."
+    dst.mkdir()
+    shutil.copy(world / "questions.csv", dst)
+    (dst / "images").symlink_to(world / "images")
+    if twins is not None: (dst / "counterfactuals.csv").write_text(twins)
+    return dst
+
+def _on_world(w:Path, *extra) -> list:
+    return ["--set", f"dataset.refined_dataset={w / 'questions.csv'}", "--set", f"dataset.image_folder={w / 'images'}",
+            "--set", "dataset.world=null", *extra]
+
+def test_interchange_twins_missing_refused_before_work(tmp_path, cfg_file, world):
+    w = _world_copy(world, tmp_path / "w")
+    exp = tmp_path / "exp"
+    cli_fails("run", "--config", cfg_file, "--experiment_dir", exp, *_on_world(w, "--set", "interchange.pairs=twins"),
+              phrases=["interchange.pairs is 'twins' but there is no", "counterfactuals.csv", "interchange.pairs: same_question"])
+    assert not exp.exists()
+
+def test_interchange_twins_unreadable_refused_before_work(tmp_path, cfg_file, world):
+    w = _world_copy(world, tmp_path / "w", twins="question_id,kind\nq1,swap\n")
+    exp = tmp_path / "exp"
+    cli_fails("run", "--config", cfg_file, "--experiment_dir", exp, *_on_world(w),
+              phrases=["does not have the twin columns", "write the twins again"])
+    assert not exp.exists()
+
+def test_interchange_too_few_pairs(tmp_path, sets, reference):
+    "Fewer usable pairs than interchange.min_pairs: one sentence naming the fixes, and no interchange results."
+    exp = copy_experiment(reference, tmp_path / "exp", keep_steps=("train", "identify", "ablate"))
+    (exp / "results" / "interchange_results.json").unlink()
+    cli_fails("interchange", "--config", SMOKE, "--experiment_dir", exp, "--engine", "direct", *sets, "--force",
+              "--set", "interchange.min_pairs=100000",
+              phrases=["fewer than interchange.min_pairs = 100000", "lower interchange.min_pairs", "interchange.enabled: false"])
+    assert not (exp / "results" / "interchange_results.json").exists()
+    assert not (exp / "results" / ".partial" / "interchange").exists()
+
