@@ -26,7 +26,7 @@ from .config import (Config, UserError, atomic_path, atomic_write_json, config_h
 from .experiment import encode_questions, read_step_json, step_run
 from .vlm import VLM, Batch, tokenize_prompts, option_token_ids, choose_option_variant
 from .forward import (METRICS, FLOWS, ConditionRecord, SetAblation, Prefix, prefix_length, run_baseline,
-                                 run_conditions, metrics_numpy, upper_layers_only, condition_positions, condition_blocks,
+                                 run_conditions, metrics_numpy, condition_positions, condition_blocks,
                                  plan_batches, knockout, knockout_layers, flow_blocks)
 
 # %% ../nbs/03_ablate.ipynb #c1138e1f
@@ -222,17 +222,16 @@ def ablate_batch(vlm:VLM, batch:Batch, # questions encoded with pad_at='question
     cols = [p[how.kind] for p in batch.positions]
     if any(len(c) == 0 for c in cols): raise AblationError(f"Some rows have no {how.kind} positions; filter them first (counted skip).")
     prefix = Prefix.build(vlm, batch, prefix_length(cols))
-    base = run_baseline(vlm, batch, prefix, *ids, layer=how.layer)
-    x = [base.hidden[i, c - prefix.upto] for i, c in enumerate(cols)]  # layer-L output at the edited positions, per row
+    base = run_baseline(vlm, batch, prefix, *ids, layer=how.site)
+    x = [base.hidden[i, c - prefix.upto] for i, c in enumerate(cols)]  # the SAE's site at the edited positions, per row
     index = _set_index(sets, sae.W_dec.device)
     deltas = [ablation_deltas(sae, xi, index, how.mode, how.delta_scale) for xi in x]  # each [n_sets, n_pos, d]
     if ceiling: deltas = [torch.cat([d, ceiling_deltas(sae, xi)]) for d, xi in zip(deltas, x)]
     S = base.hidden.shape[1]
-    def edit(k0, k1, seg):  # layers ≤ L are the baseline's; its output plus each condition's delta goes on
+    def edit(k0, k1, seg):  # everything up to the site is the baseline's; its output plus each condition's delta goes on
         r = k1 - k0
         delta = torch.cat([d[k0:k1].reshape(-1, d.shape[-1]) for d in deltas])  # row-major: question, condition, position
-        hid = base.hidden.repeat(1, r, 1) if seg else base.hidden.repeat_interleave(r, 0)
-        return upper_layers_only(vlm, how.layer, hid, condition_positions(cols, r, S, seg), delta, prefix.upto, base.tuple_len)
+        return base.above(vlm, r, seg, condition_positions(cols, r, S, seg), delta, prefix.upto)
     out = metrics_numpy(run_conditions(vlm, batch, prefix, base, deltas[0].shape[0], edit, n_rows, segments))
     res = dict(baseline=metrics_numpy(base.metrics), sets={k: v[:, :len(sets)] for k, v in out.items()})
     if ceiling: res["ceiling"] = {k: v[:, len(sets):] for k, v in out.items()}
@@ -564,7 +563,7 @@ def ablate_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reus
         frames = held_out_questions(cfg, exp, roles)
         binding = frames["binding"]
         vlm = _load_vlm(cfg, vlm)
-        sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=layer, device=vlm.device)
+        sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=layer, device=vlm.device, expected_hook=cfg.harvest.hook)
         sae.eval()
         fr = np.asarray(stats["all_features"]["firing_rate"], float)
         if len(fr) != sae.d_sae: raise AblationError(f"feature_stats.json has {len(fr)} firing rates but the SAE has {sae.d_sae} latents: rerun step 2.")
@@ -610,6 +609,7 @@ def ablate_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reus
         primary = conditions[0]
         results = {"metadata": dict(config_hash=config_hash(cfg), primary_metric=cfg.evaluation.primary_metric,
                                     selected_feature_ids=selected, n_random_sets=len(rand_sets), seed=seed, layer=layer,
+                                    **({"hook": cfg.harvest.hook} if cfg.harvest.hook != "resid_post" else {}),
                                     min_attainable_p=1 / (len(rand_sets) + 1),
                                     random_per_question_sets=min(RANDOM_EFFECT_SETS, len(rand_sets)),
                                     position_type=a.position_type, mode=a.mode, delta_scale=float(a.delta_scale),

@@ -12,7 +12,7 @@ from typing import Any, Literal, get_type_hints, get_origin, get_args, Union
 import types
 
 # %% auto #0
-__all__ = ['UNWRITABLE_ERRNOS', 'Architecture', 'PositionKind', 'EditPosition', 'AblationMode', 'Baseline', 'ControlTask',
+__all__ = ['UNWRITABLE_ERRNOS', 'Architecture', 'PositionKind', 'Hook', 'EditPosition', 'AblationMode', 'Baseline', 'ControlTask',
            'Split', 'Flow', 'PairSource', 'PrimaryMetric', 'CorrectnessMetric', 'FeatureScore', 'Selection',
            'AttnImplementation', 'ModelDtype', 'ShardDtype', 'TrainDtype', 'IGNORED_KEYS', 'MODEL_ALIASES',
            'METRIC_ALIASES', 'CHOICES', 'RANGES', 'UserError', 'ConfigError', 'DiskFullError', 'IgnoredKeyWarning',
@@ -96,6 +96,7 @@ def atomic_write_json(path, obj):
 # %% ../nbs/10_config.ipynb #80de5471
 Architecture = Literal["topk", "batchtopk", "relu", "jumprelu"]               # SAE families (`binding_sae.sae`)
 PositionKind = Literal["question", "attribute", "all", "last", "image"]       # token positions a prompt is read at
+Hook = Literal["resid_post", "attn_out", "mlp_out"]                          # what the SAE reads at its layer (SAELens hook names)
 EditPosition = Literal["attribute", "question", "all", "last"]                # positions where latents are scored and ablated
 AblationMode = Literal["residual", "replace"]
 Baseline = Literal["top_mean_activation", "top_firing_rate", "top_decoded_norm", "best_random_on_select"]
@@ -124,7 +125,7 @@ def choices(t) -> tuple:
 @dataclass
 class ModelConfig:
     name: str = "models/toy_llava"          # HF hub id or local folder; liuhaotian/llava-v1.5-7b maps to llava-hf/llava-1.5-7b-hf
-    target_layer: int = 2                   # decoder layer whose output (residual stream) the SAE reads
+    target_layer: int = 2                   # decoder layer the SAE reads (its output, attention or MLP output: harvest.hook)
     d_model: int | None = None              # residual width; None = read from the model (checked when given)
     dtype: ModelDtype = "auto"              # weights dtype; auto = bfloat16 on cuda, float32 on cpu
     device: str = "auto"                    # auto | cpu | cuda | cuda:N
@@ -163,6 +164,7 @@ class HarvestConfig:
     batch_size: int = 32                    # questions per VLM forward
     dtype: ShardDtype = "float16"           # dtype of activation shards on disk
     positions: PositionKind = "question"    # token positions whose vectors are harvested
+    hook: Hook = "resid_post"               # the layer's output (residual stream), its attention output or its MLP output
     layers: list[int] | None = None         # layers harvested in one pass; None = [model.target_layer]
     shard_size: int = 65_536                # vectors per shard file
     max_questions: int | None = None        # cap on sae_train questions (None = all)

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['FLOWS', 'OBJECT_FLOWS', 'METRICS', 'capture', 'edit_residual', 'prefix_length', 'prefix_cache', 'extend_cache',
-           'run_suffix', 'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token', 'plan_batches',
-           'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout', 'segment_blocks',
-           'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy', 'ConditionRecord',
-           'SetAblation']
+__all__ = ['FLOWS', 'OBJECT_FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'prefix_length', 'prefix_cache',
+           'extend_cache', 'run_suffix', 'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token',
+           'plan_batches', 'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout',
+           'segment_blocks', 'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy',
+           'ConditionRecord', 'SetAblation']
 
 # %% ../nbs/18_forward.ipynb #9634836e
-from .config import Config, EditPosition, AblationMode, Flow
+from .config import Config, EditPosition, AblationMode, Flow, Hook
 from .vlm import (VLM, Batch, ModelError, POSITION_KINDS, last_position_metrics, object_patches, _CACHE_KW,
                              _out_cache, _kw_cache, _repeat_cache)
 
@@ -37,11 +37,61 @@ def _layer_offset(kwargs:dict, layer:int, q_len:int, after:bool)->int:
 
 def _hidden(output): return output[0] if isinstance(output, tuple) else output
 
+def _input(args, kwargs): return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
 def _check_layers(vlm:VLM, layers)->list[int]:
     layers = [layers] if isinstance(layers, int) else list(layers)
     bad = [l for l in layers if not 0 <= l < vlm.n_layers]
     if bad or not layers: raise ModelError(f"Layers {bad or layers} are out of range; the model has layers 0..{vlm.n_layers - 1}.")
     return layers
+
+_SUBMODULE = {"attn_out": "self_attn", "mlp_out": "mlp"}  # resid_post: the decoder layer itself
+
+@dataclass(frozen=True)
+class Site:
+    "Where an SAE reads and edits: the output of decoder layer `layer` (`resid_post`), of its attention or of its MLP."
+    layer: int
+    hook: Hook = "resid_post"
+
+    def __post_init__(self):
+        if self.hook not in get_args(Hook): raise ModelError(f"Unknown hook {self.hook!r}; use one of {get_args(Hook)}.")
+
+    @classmethod
+    def of(cls, cfg:Config) -> Site:
+        "The site a config's SAE reads (`model.target_layer`, `harvest.hook`)."
+        return cls(cfg.model.target_layer, cfg.harvest.hook)
+
+    @property
+    def name(self) -> str:
+        "The SAELens hook name, `blocks.<layer>.hook_<hook>`."
+        return f"blocks.{self.layer}.hook_{self.hook}"
+
+    def module(self, vlm:VLM) -> torch.nn.Module:
+        "The module whose forward output is this site."
+        layer = vlm.layers[_check_layers(vlm, self.layer)[0]]
+        if self.hook == "resid_post": return layer
+        if not isinstance(getattr(layer, _SUBMODULE[self.hook], None), torch.nn.Module):
+            raise ModelError(f"{self.name} needs a LLaMA-style decoder layer with a .{_SUBMODULE[self.hook]} module; "
+                             f"{type(layer).__name__} has none: use harvest.hook=resid_post.")
+        return getattr(layer, _SUBMODULE[self.hook])
+
+def as_site(s:int|Site) -> Site:
+    "A site as given, or layer `s`'s output (`resid_post`)."
+    return s if isinstance(s, Site) else Site(int(s))
+
+def _on_output(vlm:VLM, site:Site, fn) -> list:
+    "Hooks calling `fn(output, offset)` on the site's output in every forward (a returned tensor replaces it); their handles."
+    at = {}
+    def pre(module, args, kwargs): at["offset"] = _layer_offset(kwargs, site.layer, _input(args, kwargs).shape[1], after=False)
+    def post(module, args, output):
+        new = fn(_hidden(output), at["offset"])
+        if new is None: return None
+        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+    handles = [vlm.layers[site.layer].register_forward_pre_hook(pre, with_kwargs=True)]
+    try: handles.append(site.module(vlm).register_forward_hook(post))
+    except BaseException:
+        handles[0].remove(); raise
+    return handles
 
 def _as_index(batch:Batch, positions)->tuple[torch.Tensor, torch.Tensor]:
     if isinstance(positions, str):
@@ -50,21 +100,21 @@ def _as_index(batch:Batch, positions)->tuple[torch.Tensor, torch.Tensor]:
     rows, cols = positions
     return rows.to(batch.input_ids.device), cols.to(batch.input_ids.device)
 
-def capture(vlm:VLM, layers:int|list[int], # decoder layer(s) whose output to record
+def capture(vlm:VLM, layers:int|Site|list, # site(s) to record (a layer number: its output)
             batch:Batch, positions_kind:str|tuple='question', # a kind, or (rows, cols) absolute indices
-            stop:bool=True, # end the forward after the deepest layer
-           )->dict[int, torch.Tensor]:
-    "Residual stream after each layer at the positions: {layer: [n, d_model]} in `batch.index(kind)` order."
-    layers = _check_layers(vlm, layers)
+            stop:bool=True, # end the forward after the last site
+           )->dict:
+    "Each site's output at the positions: {site as given: [n, d_model]} in `batch.index(kind)` order."
+    keys = [layers] if isinstance(layers, (int, Site)) else list(layers)
+    sites = [as_site(k) for k in keys]
+    _check_layers(vlm, [s.layer for s in sites])
     rows, cols = _as_index(batch, positions_kind)
     out, handles = {}, []
-    def hook(module, args, kwargs, output, layer):
-        h = _hidden(output)
-        off = _layer_offset(kwargs, layer, h.shape[1], after=True)
-        out[layer] = h[rows, cols - off].detach()
-        if stop and layer == max(layers): raise _StopForward
+    def hook(h, off, key):
+        out[key] = h[rows, cols - off].detach()
+        if stop and len(out) == len(keys): raise _StopForward
     try:
-        for l in layers: handles.append(vlm.layers[l].register_forward_hook(partial(hook, layer=l), with_kwargs=True))
+        for k, s in zip(keys, sites): handles += _on_output(vlm, s, partial(hook, key=k))
         with torch.no_grad():
             try: vlm.model(**batch.model_inputs(), use_cache=False)
             except _StopForward: pass
@@ -72,42 +122,43 @@ def capture(vlm:VLM, layers:int|list[int], # decoder layer(s) whose output to re
         for h in handles: h.remove()
     return out
 
+
 # %% ../nbs/18_forward.ipynb #738400c9
 _STRICT_SUFFIX = contextvars.ContextVar('binding_sae_vlm_strict_suffix', default=False)
 
 @contextmanager
-def edit_residual(vlm:VLM, layer:int, # decoder layer whose output is edited
+def edit_residual(vlm:VLM, layer:int|Site, # the site edited (a layer number: that decoder layer's output)
                   fn=None, # [n, d] -> [n, d] at the positions (or [B, t, d] -> [B, t, d] when positions is None)
                   positions:tuple|None=None, # (rows, cols) absolute indices (see `Batch.index`); None = everywhere
                   delta:torch.Tensor|None=None, # added at the positions: [d] or [n, d]
                  ):
-    "Context manager: edit the residual stream after `layer` (add `delta` and/or apply `fn`)."
-    _check_layers(vlm, layer)
+    "Context manager: edit the site's output (add `delta` and/or apply `fn`); a layer number is its residual stream."
+    site = as_site(layer)
+    _check_layers(vlm, site.layer)
     if fn is None and delta is None: raise ModelError("edit_residual needs fn or delta.")
     if isinstance(positions, str): raise ModelError("edit_residual takes (rows, cols) indices; use batch.index(kind).")
     rows, cols = (None, None) if positions is None else (positions[0].to(vlm.device), positions[1].to(vlm.device))
     if delta is not None: delta = delta.to(vlm.device)
-    def hook(module, args, kwargs, output):
-        h = _hidden(output)
+    def hook(h, off):
         if rows is None:
             new = h + delta.to(h.dtype) if delta is not None else h
-            new = fn(new) if fn is not None else new
-        else:
-            off = _layer_offset(kwargs, layer, h.shape[1], after=True)
-            if _STRICT_SUFFIX.get() and bool((cols < off).any()):
-                raise ModelError(f"An edit at layer {layer} targets position {int(cols.min())}, inside the cached "
-                                 f"prefix (< {off}); use a smaller prefix (upto).")
-            sel = (cols >= off) & (cols < off + h.shape[1])
-            if not bool(sel.any()): return None
-            r, c = rows[sel], cols[sel] - off
-            x = h[r, c]
-            if delta is not None: x = x + (delta[sel] if delta.dim() == 2 else delta).to(h.dtype)
-            if fn is not None: x = fn(x)
-            new = h.clone(); new[r, c] = x.to(h.dtype)
-        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
-    handle = vlm.layers[layer].register_forward_hook(hook, with_kwargs=True)
+            return fn(new) if fn is not None else new
+        if _STRICT_SUFFIX.get() and bool((cols < off).any()):
+            raise ModelError(f"An edit at layer {site.layer} targets position {int(cols.min())}, inside the cached "
+                             f"prefix (< {off}); use a smaller prefix (upto).")
+        sel = (cols >= off) & (cols < off + h.shape[1])
+        if not bool(sel.any()): return None
+        r, c = rows[sel], cols[sel] - off
+        x = h[r, c]
+        if delta is not None: x = x + (delta[sel] if delta.dim() == 2 else delta).to(h.dtype)
+        if fn is not None: x = fn(x)
+        new = h.clone(); new[r, c] = x.to(h.dtype)
+        return new
+    handles = _on_output(vlm, site, hook)
     try: yield
-    finally: handle.remove()
+    finally:
+        for h in handles: h.remove()
+
 
 # %% ../nbs/18_forward.ipynb #eda6d5d4
 def prefix_length(cols, # per row the edited positions (a list of LongTensors), or all of them in one tensor
@@ -250,29 +301,41 @@ def plan_batches(vlm:VLM, n_conditions:int, # conditions per question
 
 # %% ../nbs/18_forward.ipynb #a1ba0801
 @contextmanager
-def upper_layers_only(vlm:VLM, layer:int, # layers 0..layer are skipped
-                      hidden:torch.Tensor, # layer `layer`'s output of this forward, precomputed [rows, t, d]
+def upper_layers_only(vlm:VLM, layer:int|Site, # the edited site (a layer number: its output); layers below do no work
+                      hidden:torch.Tensor, # the site's output in this forward, precomputed [rows, t, d]
                       positions:tuple|None=None, # (rows, cols) absolute indices where `delta` is added
                       delta:torch.Tensor|None=None, # [n, d] added at `positions`
                       offset:int=0, # absolute index of the forward's first token (the prefix length)
-                      tuple_len:int=0, # the decoder layers return a tuple of this length (0 = a tensor)
+                      tuple_len:int=0, # the site's module returns a tuple of this length (0 = a tensor)
+                      inputs:torch.Tensor|None=None, # the layer's input in this forward [rows, t, d] (sub-module sites)
                      ):
-    "Context manager: layers ≤ `layer` do no work; layer `layer` outputs `hidden` (+ `delta`); the layers above run."
+    "Context manager: layers below the site do no work; the site outputs `hidden` (+ `delta`); the rest of the model runs."
+    site = as_site(layer)
+    if site.hook != "resid_post" and inputs is None:
+        raise ModelError(f"An edit of {site.name} above the recorded layers needs the layer's input (inputs=).")
     wrap = lambda h: (h,) + (None,) * (tuple_len - 1) if tuple_len else h
-    def skip(*args, **kwargs): return wrap(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
+    def skip(*args, **kwargs):  # the layer's input handed on (in its output form: `tuple_len` is the layer's for resid_post)
+        return wrap(_input(args, kwargs)) if site.hook == "resid_post" else _input(args, kwargs)
     def top(*args, **kwargs):
         h = hidden
         if delta is not None:
             h = hidden.clone(); r, c = positions
             h[r.to(h.device), c.to(h.device) - offset] += delta.to(h.device, h.dtype)
         return wrap(h)
-    mods = list(vlm.layers[:layer + 1])
+    def given_input(module, args, kwargs):
+        if "hidden_states" in kwargs: return args, {**kwargs, "hidden_states": inputs}
+        return (inputs,) + tuple(args[1:]), kwargs
+    below = list(vlm.layers[:site.layer + (site.hook == "resid_post")])
+    patched, handle = below + [site.module(vlm)], None
     try:
-        for m in mods[:-1]: m.forward = skip
-        mods[-1].forward = top
+        for m in below: m.forward = skip
+        patched[-1].forward = top
+        if site.hook != "resid_post":
+            handle = vlm.layers[site.layer].register_forward_pre_hook(given_input, with_kwargs=True)
         yield
     finally:
-        for m in mods: m.__dict__.pop("forward", None)
+        for m in patched: m.__dict__.pop("forward", None)
+        if handle is not None: handle.remove()
 
 def condition_positions(cols:list, # per row its edited positions (absolute)
                         r:int, # conditions in this forward
@@ -386,26 +449,45 @@ def condition_blocks(flow:torch.Tensor, # [B, T, T] blocked pairs of one flow
 # %% ../nbs/18_forward.ipynb #b8b5edca
 @dataclass
 class Baseline:
-    "The unedited run of a batch: its last-position metrics, the tokens every condition is read at, one layer's output."
+    "The unedited run of a batch: its last-position metrics, the tokens every condition is read at, one site's output."
     metrics: dict # {metric: float32 [B]} (`last_position_metrics`)
     true_ids: torch.Tensor # first token of the true option per row
     false_ids: torch.Tensor # ... of the false option
-    hidden: torch.Tensor|None = None # the recorded layer's output in this run [B, T − upto, d]
-    tuple_len: int = 0 # the decoder layers return a tuple of this length (0 = a tensor)
+    hidden: torch.Tensor|None = None # the recorded site's output in this run [B, T − upto, d]
+    tuple_len: int = 0 # the site's module returns a tuple of this length (0 = a tensor)
+    site: Site|None = None # the recorded site
+    inputs: torch.Tensor|None = None # its layer's input in this run [B, T − upto, d] (sub-module sites)
+
+    def above(self, vlm:VLM, r:int, # conditions per row in the forward
+              segments:bool, # their layout (as `condition_positions`)
+              positions:tuple, delta:torch.Tensor, # where and what each condition adds (`upper_layers_only`)
+              offset:int, # the prefix length
+             ):
+        "`upper_layers_only` for r conditions of every row: the recorded site (and layer input) repeated in the layout."
+        rep = (lambda t: t.repeat(1, r, 1)) if segments else (lambda t: t.repeat_interleave(r, 0))
+        return upper_layers_only(vlm, self.site, rep(self.hidden), positions, delta, offset, self.tuple_len,
+                                 None if self.inputs is None else rep(self.inputs))
 
 def run_baseline(vlm:VLM, batch:Batch, prefix:Prefix, true_ids:torch.Tensor, false_ids:torch.Tensor,
-                 layer:int|None=None, # also record this decoder layer's output
+                 layer:int|Site|None=None, # also record this site's output (a layer number: its output)
                 ) -> Baseline:
     "The batch run once without edits on `prefix`."
-    store = []
-    h = vlm.layers[layer].register_forward_hook(lambda m, a, o: store.append(o)) if layer is not None else None
-    try: logits = prefix.run(vlm, batch)
+    site, store, handles = None if layer is None else as_site(layer), {}, []
+    try:
+        if site is not None:
+            handles.append(site.module(vlm).register_forward_hook(lambda m, a, o: store.update(out=o)))
+            if site.hook != "resid_post":
+                handles.append(vlm.layers[site.layer].register_forward_pre_hook(
+                    lambda m, a, k: store.update({"in": _input(a, k)}), with_kwargs=True))
+        logits = prefix.run(vlm, batch)
     finally:
-        if h is not None: h.remove()
-    out = Baseline(last_position_metrics(logits, true_ids, false_ids), true_ids, false_ids)
-    if store:
-        out.tuple_len = len(store[0]) if isinstance(store[0], tuple) else 0
-        out.hidden = (store[0][0] if out.tuple_len else store[0]).detach()
+        for h in handles: h.remove()
+    out = Baseline(last_position_metrics(logits, true_ids, false_ids), true_ids, false_ids, site=site)
+    if "out" in store:
+        o = store["out"]
+        out.tuple_len = len(o) if isinstance(o, tuple) else 0
+        out.hidden = (o[0] if out.tuple_len else o).detach()
+        out.inputs = store["in"].detach() if "in" in store else None
     return out
 
 def run_conditions(vlm:VLM, batch:Batch, prefix:Prefix, base:Baseline,
@@ -465,17 +547,28 @@ class ConditionRecord(_ConditionCore, total=False):
 @dataclass(frozen=True)
 class SetAblation:
     "Where and how a set of SAE latents is removed."
-    layer: int # decoder layer whose output is edited
+    layer: int # decoder layer whose site is edited
     kind: EditPosition = "attribute" # positions edited
     mode: AblationMode = "residual" # residual | replace
     delta_scale: float = 1.0 # multiple of the contribution removed (residual mode)
+    hook: Hook = "resid_post" # the layer's site the SAE reads (`Site`)
 
     @classmethod
     def of(cls, cfg:Config, kind:str|None=None, # positions (default: ablation.position_type)
           ) -> SetAblation:
-        "The ablation a config describes (`model.target_layer`, `ablation.*`)."
+        "The ablation a config describes (`model.target_layer`, `harvest.hook`, `ablation.*`)."
         a = cfg.ablation
-        return cls(cfg.model.target_layer, kind or a.position_type, a.mode, float(a.delta_scale))
+        return cls(cfg.model.target_layer, kind or a.position_type, a.mode, float(a.delta_scale), cfg.harvest.hook)
+
+    @classmethod
+    def at(cls, site:int|Site, kind:EditPosition="attribute", **kw) -> SetAblation:
+        "An ablation at a site (a layer number: its output)."
+        s = as_site(site)
+        return cls(s.layer, kind, hook=s.hook, **kw)
+
+    @property
+    def site(self) -> Site: return Site(self.layer, self.hook)
 
     @property
     def name(self) -> str: return f"{self.kind}|{self.mode}|{float(self.delta_scale)}"
+

@@ -27,7 +27,7 @@ __all__ = ['log', 'GROUP_SCORES', 'IdentifyError', 'logprob_correct', 'string_co
 from .config import Config, UserError, atomic_write_json, config_hash
 from .experiment import experiment_questions, questions_for, split_questions, open_model, encode_questions, step_run
 from .vlm import score_options, score_logits, greedy_answers, answer_matches, option_ids, option_token_ids
-from .forward import SetAblation, Prefix, capture, edit_residual, prefix_length, run_baseline, run_conditions
+from .forward import Site, SetAblation, Prefix, capture, edit_residual, prefix_length, run_baseline, run_conditions
 from .sae import load_sae
 
 # %% ../nbs/02_identify.ipynb #837c3d90
@@ -122,7 +122,7 @@ def frozen(*modules):
     finally:
         for p, f in zip(params, flags): p.requires_grad_(f)
 
-def spliced_attribution(vlm, sae, layer:int, # decoder layer whose output the SAE reads
+def spliced_attribution(vlm, sae, layer:int|Site, # the SAE's site (a layer number: its output)
                         batch, positions:tuple, # (rows, cols) absolute indices, from `batch.index(kind)`
                         true_options:list[str], false_options:list[str],
                        ) -> dict:
@@ -154,7 +154,7 @@ def _slices(n:int, size:int): return [slice(a, min(n, a + size)) for a in range(
 
 # %% ../nbs/02_identify.ipynb #10f3387a
 def score_features(vlm, sae, questions:pd.DataFrame, # one row per question (GQA schema + image_path)
-                   layer:int, # decoder layer the SAE reads
+                   layer:int|Site, # the SAE's site (a layer number: its output)
                    position_type:str="attribute", # attribute | question | all | last
                    correctness_metric:str="option_logprob", # option_logprob | string_match
                    logprob_normalize:bool=True, # per-token mean log-prob of multi-token options
@@ -221,17 +221,17 @@ def set_logit_diffs(vlm, sae, how:SetAblation, # where and how the sets are remo
         chunk = torch.tensor(list(extra[k0:k1]), dtype=torch.long, device=rows.device); c = len(chunk)
         r = torch.cat([rows * c + k for k in range(c)]); cl = cols.repeat(c)
         fn = _set_ablate_fn(sae, base, chunk.repeat_interleave(len(rows)), how.mode, how.delta_scale, spare)
-        return edit_residual(vlm, how.layer, fn=fn, positions=(r, cl))
+        return edit_residual(vlm, how.site, fn=fn, positions=(r, cl))
     ld = run_conditions(vlm, batch, prefix, base_run, len(extra), edit, max_rows, segments=False)["logit_diff"]
     base_ld = base_run.metrics["logit_diff"]
     return ld - base_ld[:, None], base_ld
 
-def patched_logit_diffs(vlm, sae, layer:int, batch, kind:str, # the edited positions
+def patched_logit_diffs(vlm, sae, layer:int|Site, batch, kind:str, # the edited positions
                         feature_ids:list[int], true_options:list[str], false_options:list[str],
                         max_rows:int=32, # rows per forward
                        ) -> torch.Tensor:
     "Change of logit_diff [B, len(feature_ids)] when each latent alone is removed at the `kind` positions (residual mode)."
-    return set_logit_diffs(vlm, sae, SetAblation(layer, kind), batch, [], feature_ids, true_options, false_options,
+    return set_logit_diffs(vlm, sae, SetAblation.at(layer, kind), batch, [], feature_ids, true_options, false_options,
                            max_rows=max_rows)[0]
 
 def distinct_first_tokens(vlm, true_options:list[str], false_options:list[str]) -> np.ndarray:
@@ -261,10 +261,10 @@ def set_effects(vlm, sae, questions:pd.DataFrame, how:SetAblation,
     return {"change": torch.cat(change).numpy().astype(np.float64), "baseline": torch.cat(baseline).numpy().astype(np.float64),
             "index": np.array(keep)}
 
-def verify_features(vlm, sae, questions:pd.DataFrame, layer:int, feature_ids:list[int],
+def verify_features(vlm, sae, questions:pd.DataFrame, layer:int|Site, feature_ids:list[int],
                     position_type:str="attribute", batch_size:int=32) -> np.ndarray:
     "Per-question change of logit_diff [scored questions, features] when each latent alone is ablated (residual mode)."
-    return set_effects(vlm, sae, questions, SetAblation(layer, position_type), [], list(feature_ids), batch_size)["change"]
+    return set_effects(vlm, sae, questions, SetAblation.at(layer, position_type), [], list(feature_ids), batch_size)["change"]
 
 # %% ../nbs/02_identify.ipynb #9f03a37e
 def rank_features(score:np.ndarray, # configured score per latent (larger = better)
@@ -406,7 +406,7 @@ def _example(row, tokens, acts, peak) -> dict:
 
 # %% ../nbs/02_identify.ipynb #bfd39031
 def describe_features(vlm, sae, questions:pd.DataFrame, # select questions of any role
-                      layer:int, feature_ids:list[int],
+                      layer:int|Site, feature_ids:list[int],
                       position_type:str="attribute", min_activation:float=0.1,
                       batch_size:int=32, n_examples:int=8, # top-activating questions kept per latent
                      ) -> dict:
@@ -480,6 +480,7 @@ def identify_metadata(cfg:Config, sae, n_select:int, res:dict, s:dict, candidate
     "The metadata block shared by both files."
     fi = cfg.feature_identification
     return {"config_hash": config_hash(cfg), "model": cfg.model.name, "layer": cfg.model.target_layer,
+            **({"hook": cfg.harvest.hook} if cfg.harvest.hook != "resid_post" else {}),
             "position_type": fi.position_type, "score": fi.score, "sae_width": int(sae.d_sae),
             "n_select_questions": n_select, "n_scored": int(len(res["index"])), "n_skipped": int(res["n_skipped"]),
             "n_correct": s["n_correct"], "n_incorrect": s["n_incorrect"], "groups_compared": s["groups_compared"],
@@ -496,7 +497,7 @@ def _set_record(ids:list, eff:dict, col:int=0) -> dict:
 
 def select_sets(cfg:Config, vlm, sae, questions:pd.DataFrame, s:dict, eligible:np.ndarray) -> tuple:
     "(selected ids, candidate ids, step record): the configured selection on the scored select questions."
-    fi, a, layer = cfg.feature_identification, cfg.ablation, cfg.model.target_layer
+    fi, a, layer = cfg.feature_identification, cfg.ablation, Site.of(cfg)
     cand = selection_candidates(s, eligible, fi.min_firing_rate, fi.n_verify, fi.top_k)
     pool = cand["all"] if fi.selection in ("greedy", "backward") else cand["score"]
     n_pool = check_random_pool(s["firing_rate"], fi.min_firing_rate, min(fi.top_k, len(pool)))
@@ -527,13 +528,14 @@ def select_sets(cfg:Config, vlm, sae, questions:pd.DataFrame, s:dict, eligible:n
 
 def identify_step(cfg:Config, exp_dir) -> dict:
     "Step 2: score every SAE latent on the select split; write feature_catalog.json and feature_stats.json."
-    exp, fi, layer = Path(exp_dir), cfg.feature_identification, cfg.model.target_layer
+    exp, fi, layer = Path(exp_dir), cfg.feature_identification, Site.of(cfg)
     with step_run(cfg, exp, "identify") as run:
         df = experiment_questions(cfg, exp)
         questions_for(df, "test", "binding")  # step 3 needs them: refuse now, not after the selection
         sel = split_questions(df, "select")
         vlm = open_model(cfg)
-        sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=layer, device=vlm.device).eval()
+        sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=layer.layer, device=vlm.device,
+                       expected_hook=layer.hook).eval()
         res = score_features(vlm, sae, sel, layer, fi.position_type, fi.correctness_metric, fi.logprob_normalize, fi.batch_size)
         s = latent_scores(res, fi.score, fi.min_activation, fi.min_group_size, fi.min_diff, fi.discrimination_threshold)
         log.info("select: %d scored (%d skipped), %d correct, %d incorrect; splice error %.2g", len(res["index"]),

@@ -22,7 +22,7 @@ from .experiment import encode_questions, read_step_json, step_run
 from .data import image_paths
 from .vlm import VLM, Batch, option_token_ids
 from .forward import (Prefix, SetAblation, prefix_length, run_baseline, run_conditions, metrics_numpy,
-                                 upper_layers_only, condition_positions, plan_batches)
+                                 condition_positions, plan_batches)
 from .ablate import (_set_index, set_contributions, bootstrap_mean_ci, held_out_questions, scorable,
                                 positions_found, ChunkStore, inputs_key, _chunk_name, _choose_variant, _load_vlm,
                                 ablate_inputs)
@@ -123,9 +123,9 @@ def interchange_batch(vlm:VLM, batch:Batch, # base questions encoded with pad_at
     union = [torch.cat([c, o]) for c, o in zip(cols, other)]
     upto = prefix_length(union)
     prefix = Prefix.build(vlm, batch, upto)
-    base = run_baseline(vlm, batch, prefix, *ids, layer=how.layer)
-    cfr = run_baseline(vlm, cf, Prefix.build(vlm, cf, upto), *ids, layer=how.layer)
-    smr = run_baseline(vlm, same, Prefix.build(vlm, same, upto), *ids, layer=how.layer) if same is not None else None
+    base = run_baseline(vlm, batch, prefix, *ids, layer=how.site)
+    cfr = run_baseline(vlm, cf, Prefix.build(vlm, cf, upto), *ids, layer=how.site)
+    smr = run_baseline(vlm, same, Prefix.build(vlm, same, upto), *ids, layer=how.site) if same is not None else None
     off = prefix.upto  # where every run's recorded layer output starts (0 without a cache)
     index = _set_index(sets, sae.W_dec.device)
     deltas = []
@@ -145,8 +145,7 @@ def interchange_batch(vlm:VLM, batch:Batch, # base questions encoded with pad_at
     def edit(k0, k1, seg):
         r = k1 - k0
         delta = torch.cat([d[k0:k1].reshape(-1, d.shape[-1]) for d in deltas])  # question, condition, position
-        hid = base.hidden.repeat(1, r, 1) if seg else base.hidden.repeat_interleave(r, 0)
-        return upper_layers_only(vlm, how.layer, hid, condition_positions(union, r, S, seg), delta, prefix.upto, base.tuple_len)
+        return base.above(vlm, r, seg, condition_positions(union, r, S, seg), delta, prefix.upto)
     out = metrics_numpy(run_conditions(vlm, batch, prefix, base, len(FIXED_CONDITIONS) + len(sets), edit, n_rows))
     k = len(FIXED_CONDITIONS)
     return dict(baseline=metrics_numpy(base.metrics), counterfactual=metrics_numpy(cfr.metrics),
@@ -302,7 +301,7 @@ def interchange_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to
                                    "or set interchange.enabled: false.")
         vlm = _load_vlm(cfg, vlm)
         how = SetAblation.of(cfg)
-        sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=how.layer, device=vlm.device)
+        sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=how.layer, device=vlm.device, expected_hook=how.hook)
         sae.eval()
         _choose_variant(vlm, df, exp)
         pairs, n_same_first = scorable(vlm, pairs)
@@ -344,7 +343,8 @@ def interchange_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to
             sub = {k: {mm: v[m] for mm, v in d.items()} for k, d in merged.items()}
             sub.update(question_id=pairs["question_id"].astype(str)[m].tolist(), cf_img_id=pairs["cf_img_id"].astype(str)[m].tolist())
             conditions.append(interchange_condition(sub, has_same[m], sets, selected, names, cfg, task))
-        results = {"metadata": dict(config_hash=config_hash(cfg), model=cfg.model.name, layer=how.layer, position_type=how.kind,
+        results = {"metadata": dict(config_hash=config_hash(cfg), model=cfg.model.name, layer=how.layer,
+                                    **({"hook": how.hook} if how.hook != "resid_post" else {}), position_type=how.kind,
                                     split="test", selected_feature_ids=selected, n_random_sets=len(rand),
                                     min_attainable_p=1 / (len(rand) + 1), matching=ablation["metadata"].get("matching"),
                                     baselines={n: chosen[n] for n in names},

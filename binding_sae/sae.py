@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_sae.ipynb #1cb3b5b0
 from __future__ import annotations
-import itertools, json, logging, math, pickle, warnings
+import itertools, json, logging, math, pickle, re, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -700,7 +700,7 @@ def save_sae(sae:SAE,
     return folder
 
 # %% ../nbs/00_sae.ipynb #064d41c8
-def _check_sae(sae:SAE, src, expected_d_in=None, expected_layer=None):
+def _check_sae(sae:SAE, src, expected_d_in=None, expected_layer=None, expected_hook=None):
     if expected_d_in is not None and sae.d_in != int(expected_d_in):
         raise SAEError(f"The SAE in {src} reads vectors of width {sae.d_in}, but the model's layer has width {expected_d_in}; use an SAE trained on this model.")
     layer = sae.metadata.get("layer")
@@ -708,6 +708,11 @@ def _check_sae(sae:SAE, src, expected_d_in=None, expected_layer=None):
         if layer is None: warnings.warn(f"The SAE in {src} does not say which layer it was trained on; assuming layer {expected_layer}.")
         elif int(layer) != int(expected_layer):
             raise SAEError(f"The SAE in {src} was trained on layer {layer}, but model.target_layer is {expected_layer}; set model.target_layer to {layer} or train a new SAE.")
+    name = sae.metadata.get("hook_name")
+    m = re.fullmatch(r"blocks\.\d+\.hook_(\w+)", str(name)) if name else None
+    hook = m.group(1) if m else None if name else "resid_post"  # a name in another scheme is not checked
+    if expected_hook is not None and hook is not None and hook != expected_hook:
+        raise SAEError(f"The SAE in {src} reads {hook} ({name or 'no hook_name: the residual stream'}), but harvest.hook is {expected_hook}; set harvest.hook to {hook} or train a new SAE.")
     return sae
 
 def _set_weights(sae:SAE, w:dict, src):
@@ -726,6 +731,7 @@ def load_sae(folder,                 # a SAELens folder (cfg.json + sae_weights.
              expected_d_in=None,     # the model's d_model, checked when given
              expected_layer=None,    # the hooked layer, checked against metadata.layer when given
              device="cpu",
+             expected_hook=None,     # the hooked site (resid_post, attn_out, mlp_out), checked against metadata.hook_name when given
             ) -> SAE:
     "Read a SAELens-format SAE (ours or SAELens's topk/standard/jumprelu) that acts on raw activations."
     folder = Path(folder)
@@ -743,7 +749,7 @@ def load_sae(folder,                 # a SAELens folder (cfg.json + sae_weights.
     else: raise SAEError(f"{folder} holds a {arch!r} SAE; binding_sae reads topk, standard (relu) and jumprelu.")
     _set_weights(sae, load_file(folder/"sae_weights.safetensors"), folder)
     sae.metadata = meta
-    return _check_sae(sae.to(device), folder, expected_d_in, expected_layer)
+    return _check_sae(sae.to(device), folder, expected_d_in, expected_layer, expected_hook)
 
 # %% ../nbs/00_sae.ipynb #9f5e567d
 def _from_old_pipeline(state:dict, src) -> SAE:
@@ -764,10 +770,11 @@ def load_sae_checkpoint(path,                # sae_checkpoint.pt (ours), an old-
                         expected_d_in=None,  # the model's d_model, checked when given
                         expected_layer=None, # the hooked layer, checked when the file names one
                         device="cpu",
+                        expected_hook=None,  # the hooked site, checked when the file names one
                        ) -> SAE:
     "Read an SAE from a training checkpoint (ours or the old pipeline's) or a SAELens folder."
     path = Path(path)
-    if path.is_dir(): return load_sae(path, expected_d_in, expected_layer, device)
+    if path.is_dir(): return load_sae(path, expected_d_in, expected_layer, device, expected_hook)
     if not path.exists(): raise SAEError(f"SAE checkpoint {path} does not exist.")
     ck = read_checkpoint(path)
     if not isinstance(ck, dict): raise SAEError(f"{path} is not an SAE checkpoint.")
@@ -778,4 +785,4 @@ def load_sae_checkpoint(path,                # sae_checkpoint.pt (ours), an old-
     elif "sae_state" in ck or "sae_state" in (ck.get("state") or {}):
         sae = _from_old_pipeline(ck if "sae_state" in ck else ck["state"], path)
     else: raise SAEError(f"{path} is neither a binding_sae training checkpoint nor an old-pipeline SAE checkpoint.")
-    return _check_sae(sae.to(device), path, expected_d_in, expected_layer)
+    return _check_sae(sae.to(device), path, expected_d_in, expected_layer, expected_hook)

@@ -20,6 +20,7 @@ from .config import load_config, atomic_write_json, UserError
 from .experiment import experiment_questions, questions_for, open_model, read_step_json
 from .pipeline import run_pipeline
 from .sae import load_sae, save_sae, make_sae
+from .forward import Site
 from .world import GRID
 
 # %% ../nbs/19_validation.ipynb #7d967547
@@ -104,8 +105,9 @@ def feature_tracking(config_path, # the run's config
     q = questions_for(experiment_questions(cfg, exp), "test", "binding")
     if "central object color" not in q.columns: raise UserError("feature tracking needs the world's central object colour and shape columns.")
     vlm = open_model(cfg)
-    sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=cfg.model.target_layer, device=vlm.device).eval()
-    res = score_features(vlm, sae, q, cfg.model.target_layer, cfg.ablation.position_type, batch_size=cfg.feature_identification.batch_size)
+    sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=cfg.model.target_layer, device=vlm.device,
+                   expected_hook=cfg.harvest.hook).eval()
+    res = score_features(vlm, sae, q, Site.of(cfg), cfg.ablation.position_type, batch_size=cfg.feature_identification.batch_size)
     return tracking_auroc(res["acts"][:, ids], asked_object_variables(q.iloc[res["index"]]), ids)
 
 # %% ../nbs/19_validation.ipynb #52c26650

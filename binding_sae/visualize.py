@@ -502,7 +502,7 @@ def _legend_html(metric:str) -> str:
 
 def _meta_html(catalog:dict, ablation:dict|None) -> str:
     m = catalog.get("metadata") or {}
-    parts = [f"model <b>{html.escape(str(m.get('model', '?')))}</b>", f"layer <b>{m.get('layer', '?')}</b>",
+    parts = [f"model <b>{html.escape(str(m.get('model', '?')))}</b>", f"layer <b>{m.get('layer', '?')}</b>" + (f" {html.escape(str(m['hook']))}" if m.get('hook') else ""),
              f"positions <b>{html.escape(str(m.get('position_type', '?')))}</b>", f"score <b>{html.escape(str(m.get('score', '?')))}</b>",
              f"SAE width <b>{m.get('sae_width', '?')}</b>",
              f"select questions <b>{m.get('n_select_questions', '?')}</b> ({m.get('n_correct', '?')} correct, {m.get('n_incorrect', '?')} incorrect)",

@@ -13,7 +13,7 @@ def results_table(exp) -> str:
     m = json.loads((exp / "sae/metrics.json").read_text())
     r = json.loads((exp / "analysis/hypothesis_report.json").read_text())
     out = ["| SAE (held-out) | FVU | L0 | dead fraction | logit-diff recovered (spliced) | KL recovered |", "|---|---|---|---|---|---|",
-           f"| layer {m['layer']}, {m['positions']} positions | {m['fvu']:.3f} | {m['l0']:.1f} | {m['dead_fraction']:.3f} | "
+           f"| layer {m['layer']}{' ' + m['hook'] if m.get('hook') else ''}, {m['positions']} positions | {m['fvu']:.3f} | {m['l0']:.1f} | {m['dead_fraction']:.3f} | "
            f"{m['logit_diff_recovered']:.3f} | {m['kl_recovered']:.3f} |", "",
            "| condition (position / mode / scale / task) | n | baseline logit diff | mean effect [95% CI] | relative drop | "
            "permutation p | Holm p | random sets dropping < 10 % | supported |",
