@@ -219,11 +219,10 @@ def check_inputs(cfg:Config, # the run's config
     problems = []
     if names & set(MODEL_STEPS):
         problems += [p for p in [model_problem(cfg)] if p] + data_problems(cfg)
-    if "knockout" in names:
-        from binding_sae.ablate import check_knockout_attention, check_knockout_boxes
-        for check in (check_knockout_attention, check_knockout_boxes):
-            try: check(cfg)
-            except UserError as e: problems.append(str(e))
+    if "knockout" in names and any("Central Object" in f for f in cfg.knockout.flows):  # the object-level flows need boxes
+        from binding_sae.ablate import check_knockout_boxes  # (imports torch: only when such a flow is asked for)
+        try: check_knockout_boxes(cfg)
+        except UserError as e: problems.append(str(e))
     if "interchange" in names and (p := pairs_problem(cfg)): problems.append(p)
     if exp is not None and (p := folder_problem(cfg, exp, force)): problems.append(p)
     if problems: raise InputsMissing("\n".join(problems))

@@ -1132,3 +1132,19 @@ def test_interchange_too_few_pairs(tmp_path, sets, reference):
     assert not (exp / "results" / "interchange_results.json").exists()
     assert not (exp / "results" / ".partial" / "interchange").exists()
 
+
+def test_object_flows_without_boxes_refused_before_work(tmp_path, cfg_file, world):
+    "An object-level knockout flow on a question CSV without the central object's box: refused by the pre-run check."
+    w = _world_copy(world, tmp_path / "w")
+    q = (w / "questions.csv").read_text().splitlines()
+    cols = q[0].split(",")
+    keep = [i for i, c in enumerate(cols) if not c.startswith("central object ")]
+    import csv, io
+    rows = list(csv.reader(io.StringIO("\n".join(q))))
+    out = io.StringIO(); csv.writer(out).writerows([[r[i] for i in keep] for r in rows])
+    (w / "questions.csv").write_text(out.getvalue())
+    exp = tmp_path / "exp"
+    cli_fails("run", "--config", cfg_file, "--experiment_dir", exp, "--dry_run",
+              *_on_world(w, "--set", "knockout.flows=[Image Central Object->Last]", "--set", "interchange.enabled=false"),
+              phrases=["need the asked object's box", "central object x"])
+    assert not exp.exists()
