@@ -1148,3 +1148,19 @@ def test_object_flows_without_boxes_refused_before_work(tmp_path, cfg_file, worl
               *_on_world(w, "--set", "knockout.flows=[Image Central Object->Last]", "--set", "interchange.enabled=false"),
               phrases=["need the asked object's box", "central object x"])
     assert not exp.exists()
+
+def test_interchange_twins_whose_positions_differ(tmp_path, sets, reference, world):
+    "Twins that ask another question would put other words at the edited positions: left out, so too few pairs remain."
+    import csv, io
+    src = world / "counterfactuals.csv"
+    assert src.exists(), "the session's world got its twins from the pipeline run"
+    rows = list(csv.DictReader(io.StringIO(src.read_text())))
+    for r in rows: r["question"] = r["question"].replace("Is the ", "Is that ")
+    out = io.StringIO(); wr = csv.DictWriter(out, fieldnames=list(rows[0])); wr.writeheader(); wr.writerows(rows)
+    w = _world_copy(world, tmp_path / "w", twins=out.getvalue())
+    exp = copy_experiment(reference, tmp_path / "exp", keep_steps=("train", "identify", "ablate"))
+    (exp / "results" / "interchange_results.json").unlink()
+    cli_fails("interchange", "--config", SMOKE, "--experiment_dir", exp, "--engine", "direct", *sets, "--force",
+              *_on_world(w, "--set", "interchange.pairs=twins"),
+              phrases=["Only 0 counterfactual pairs", "lower interchange.min_pairs"])
+    assert not (exp / "results" / "interchange_results.json").exists()
