@@ -707,7 +707,7 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
     return run.counts
 
 # %% ../nbs/03_ablate.ipynb #941f7133
-from .forward import OBJECT_FLOWS
+from .config import OBJECT_FLOWS
 from .vlm import object_patches
 BOX_COLUMNS = [f"central object {c}" for c in "xywh"]  # the asked object's box (original image pixels) in the question CSV
 

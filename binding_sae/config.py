@@ -13,8 +13,8 @@ import types
 
 # %% auto #0
 __all__ = ['UNWRITABLE_ERRNOS', 'Architecture', 'PositionKind', 'Hook', 'EditPosition', 'AblationMode', 'Baseline', 'ControlTask',
-           'Split', 'Flow', 'PairSource', 'PrimaryMetric', 'CorrectnessMetric', 'FeatureScore', 'Selection',
-           'AttnImplementation', 'ModelDtype', 'ShardDtype', 'TrainDtype', 'IGNORED_KEYS', 'MODEL_ALIASES',
+           'Split', 'Flow', 'OBJECT_FLOWS', 'PairSource', 'PrimaryMetric', 'CorrectnessMetric', 'FeatureScore',
+           'Selection', 'AttnImplementation', 'ModelDtype', 'ShardDtype', 'TrainDtype', 'IGNORED_KEYS', 'MODEL_ALIASES',
            'METRIC_ALIASES', 'CHOICES', 'RANGES', 'UserError', 'ConfigError', 'DiskFullError', 'IgnoredKeyWarning',
            'not_writable', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text', 'to_json', 'atomic_write_json',
            'choices', 'ModelConfig', 'SAEConfig', 'TrainingConfig', 'HarvestConfig', 'ExperimentConfig', 'WorldConfig',
@@ -105,6 +105,7 @@ Split = Literal["sae_train", "select", "test"]                                # 
 Flow = Literal["Image->Question", "Image->Last", "Question->Last", "Last->Last",
                "Image Central Object->Question", "Image Without Central Object->Question",
                "Image Central Object->Last", "Image Without Central Object->Last"]  # attention flows a knockout blocks
+OBJECT_FLOWS = tuple(f for f in get_args(Flow) if f.split("->")[0] in ("Image Central Object", "Image Without Central Object"))  # need the asked object's box
 PairSource = Literal["auto", "twins", "same_question"]                       # where counterfactual pairs come from
 PrimaryMetric = Literal["logit_diff", "pred_token_prob", "gt_token_prob"]
 CorrectnessMetric = Literal["option_logprob", "string_match"]

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['FLOWS', 'OBJECT_FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'prefix_length', 'prefix_cache',
-           'extend_cache', 'run_suffix', 'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token',
-           'plan_batches', 'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout',
-           'segment_blocks', 'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy',
-           'ConditionRecord', 'SetAblation']
+__all__ = ['FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'prefix_length', 'prefix_cache', 'extend_cache',
+           'run_suffix', 'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token', 'plan_batches',
+           'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout', 'segment_blocks',
+           'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy', 'ConditionRecord',
+           'SetAblation']
 
 # %% ../nbs/18_forward.ipynb #9634836e
-from .config import Config, EditPosition, AblationMode, Flow, Hook
+from .config import Config, EditPosition, AblationMode, Flow, Hook, OBJECT_FLOWS
 from .vlm import (VLM, Batch, ModelError, POSITION_KINDS, last_position_metrics, object_patches, _CACHE_KW,
                              _out_cache, _kw_cache, _repeat_cache)
 
@@ -352,7 +352,6 @@ def condition_positions(cols:list, # per row its edited positions (absolute)
 
 # %% ../nbs/18_forward.ipynb #80950d84
 FLOWS = get_args(Flow)  # the flows a knockout can cut (`binding_sae.config.Flow`)
-OBJECT_FLOWS = tuple(f for f in FLOWS if f.split("->")[0] in ("Image Central Object", "Image Without Central Object"))  # need boxes
 
 def knockout_layers(l:int, # centre layer
                     window:int, # window size w

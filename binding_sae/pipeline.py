@@ -16,7 +16,7 @@ __all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'METHOD_
            'RunOptions', 'run_pipeline', 'run_summary']
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
-from .config import (Config, UserError, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
+from .config import (Config, UserError, OBJECT_FLOWS, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
                                 project_root, config_from_dict, read_yaml, MODEL_ALIASES, choices)
 from .experiment import (prepare_experiment, step_done, package_versions, check_experiment_dir, experiment_lock,
                                     read_step_json)
@@ -219,7 +219,7 @@ def check_inputs(cfg:Config, # the run's config
     problems = []
     if names & set(MODEL_STEPS):
         problems += [p for p in [model_problem(cfg)] if p] + data_problems(cfg)
-    if "knockout" in names and any("Central Object" in f for f in cfg.knockout.flows):  # the object-level flows need boxes
+    if "knockout" in names and set(cfg.knockout.flows) & set(OBJECT_FLOWS):  # the object-level flows need boxes
         from binding_sae.ablate import check_knockout_boxes  # (imports torch: only when such a flow is asked for)
         try: check_knockout_boxes(cfg)
         except UserError as e: problems.append(str(e))
