@@ -34,7 +34,7 @@ class InterchangeError(UserError):
     "Inputs the interchange step cannot use."
 
 # %% ../nbs/03_interchange.ipynb #ac6e6ccd
-PAIR_COLUMNS = ("question_id", "cf_img_id", "cf_image_path", "same_img_id", "same_image_path")  # besides the base row's own
+PAIR_COLUMNS = ("cf_img_id", "cf_image_path", "same_img_id", "same_image_path")  # added to the base row's own
 
 def same_question_pairs(df:pd.DataFrame, # test questions of one role (question, true option, false option, img_id, image_path)
                        ) -> pd.DataFrame:
@@ -51,7 +51,7 @@ def same_question_pairs(df:pd.DataFrame, # test questions of one role (question,
         c, s = df.iloc[cf[0]], (df.iloc[same[0]] if same else None)
         rows.append({**df.iloc[i].to_dict(), "cf_img_id": c["img_id"], "cf_image_path": c["image_path"],
                      "same_img_id": None if s is None else s["img_id"], "same_image_path": None if s is None else s["image_path"]})
-    return pd.DataFrame(rows, columns=list(df.columns) + [c for c in PAIR_COLUMNS[1:]])
+    return pd.DataFrame(rows, columns=list(df.columns) + list(PAIR_COLUMNS))
 
 # %% ../nbs/03_interchange.ipynb #d2d8818b
 def twin_pairs(df:pd.DataFrame, # test questions of one role (with question_id)
@@ -127,14 +127,14 @@ def interchange_batch(vlm:VLM, batch:Batch, # base questions encoded with pad_at
     cfr = run_baseline(vlm, cf, Prefix.build(vlm, cf, upto), *ids, layer=how.site)
     smr = run_baseline(vlm, same, Prefix.build(vlm, same, upto), *ids, layer=how.site) if same is not None else None
     off = prefix.upto  # where every run's recorded layer output starts (0 without a cache)
-    index = _set_index(sets, sae.W_dec.device)
+    index, nf = _set_index(sets, sae.W_dec.device), len(FIXED_CONDITIONS)
     deltas = []
     for i, (c, o) in enumerate(zip(cols, other)):
         at = lambda run, pos: run.hidden[i, pos - off]
         x, xo = at(base, c), at(base, o)
         nc, no, d = len(c), len(o), base.hidden.shape[-1]
-        cond = torch.zeros(len(FIXED_CONDITIONS) + len(sets), nc + no, d, dtype=x.dtype, device=x.device)
-        cond[4:, :nc] = interchange_deltas(sae, x, at(cfr, c), index)
+        cond = torch.zeros(nf + len(sets), nc + no, d, dtype=x.dtype, device=x.device)  # the fixed conditions, then the sets
+        cond[nf:, :nc] = interchange_deltas(sae, x, at(cfr, c), index)
         cond[0, :nc] = at(cfr, c) - x
         cond[1, nc:] = at(cfr, o) - xo
         if smr is not None:
@@ -146,11 +146,10 @@ def interchange_batch(vlm:VLM, batch:Batch, # base questions encoded with pad_at
         r = k1 - k0
         delta = torch.cat([d[k0:k1].reshape(-1, d.shape[-1]) for d in deltas])  # question, condition, position
         return base.above(vlm, r, seg, condition_positions(union, r, S, seg), delta, prefix.upto)
-    out = metrics_numpy(run_conditions(vlm, batch, prefix, base, len(FIXED_CONDITIONS) + len(sets), edit, n_rows))
-    k = len(FIXED_CONDITIONS)
+    out = metrics_numpy(run_conditions(vlm, batch, prefix, base, nf + len(sets), edit, n_rows))
     return dict(baseline=metrics_numpy(base.metrics), counterfactual=metrics_numpy(cfr.metrics),
                 same=metrics_numpy(smr.metrics) if smr is not None else None,
-                fixed={m: v[:, :k] for m, v in out.items()}, sets={m: v[:, k:] for m, v in out.items()})
+                fixed={m: v[:, :nf] for m, v in out.items()}, sets={m: v[:, nf:] for m, v in out.items()})
 
 # %% ../nbs/03_interchange.ipynb #1859480d
 def normalized_shift(ld:np.ndarray, # patched logit difference [n] or [n, k]
