@@ -4,8 +4,11 @@ Measures, in one run on one GPU:
   ours      binding_sae.forward.capture at layer L (forward stopped after layer L), batched, bf16, question positions
   roofline  the same model's language forward truncated after layer L (layers[:L+1], no LM head, no hooks)
   old       the old pipeline's unit of work: batch 1, full 32-layer forward + LM head (fp16)
-  ours+io   binding_sae.train.harvest end to end (PIL images → processor → capture → fp16 shards on disk)
-and prints examples/s and the ratios ours/roofline and ours/old.
+  ours+io   binding_sae.train.harvest end to end (PNG files → processor → capture → fp16 shards on disk), over
+            `--e2e_batches` batches (the image preparation runs in `prep_workers` threads ahead of the GPU)
+  span      capture of the attention output of layers 10–14 (`--span`) against the forward truncated after 14
+and prints examples/s, the ratios, and each forward's model FLOP/s as a fraction of a bf16 8192³ matmul measured in
+the same run.
 
     PYTHONPATH=. python3 bench/bench_harvest.py            # GPU, LLaVA-1.5-7B shape, layer 12
     PYTHONPATH=. python3 bench/bench_harvest.py --tiny     # CPU smoke check of the script
@@ -19,8 +22,9 @@ import torch
 from PIL import Image
 
 from binding_sae.fixtures import random_llava
-from binding_sae.forward import capture
-from binding_sae.train import harvest
+from binding_sae.forward import Site, capture
+from binding_sae.train import harvest, prep_workers
+from roofline import matmul_peak, transformer_flops
 
 
 def timed(fn, n_warm=2, n_rep=5, sync=True):
@@ -38,12 +42,16 @@ def main():
     ap.add_argument("--layer", type=int, default=12)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
+    ap.add_argument("--e2e_batches", type=int, default=16, help="batches in the end-to-end harvest")
+    ap.add_argument("--span", default="10-14", help="layers of the attention-output capture (first-last)")
     a = ap.parse_args()
     dev = "cpu" if a.tiny else "cuda"
     name = "tiny" if a.tiny else "llava-1.5-7b"
     layer = min(a.layer, 2) if a.tiny else a.layer
     vlm = random_llava(name, device=dev, dtype="float32" if a.tiny else "bfloat16", attn_implementation="sdpa")
-    qs = pd.read_csv("nbs/test_data/gqa/ChooseAttr_questions.csv", dtype=str).head(max(4 * a.batch, 64))
+    qs = pd.read_csv("nbs/test_data/gqa/ChooseAttr_questions.csv", dtype=str)
+    qs = pd.concat([qs] * (a.e2e_batches * a.batch // len(qs) + 1), ignore_index=True).head(a.e2e_batches * a.batch)
+    qs["question_id"] = [f"q{i}" for i in range(len(qs))]
     rng = np.random.default_rng(0)
     side = vlm.processor.image_processor.crop_size["height"]
     images = [Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)) for _ in range(len(qs))]
@@ -67,6 +75,30 @@ def main():
     finally: lm.layers = full_layers
     res["roofline_examples_per_s"] = B / t_roof
 
+    # model FLOPs of what the roofline computes: the vision tower on every image, the decoder layers <= L on every token
+    peak = matmul_peak(torch.device(dev), n=8192 if dev == "cuda" else 512)
+    vc, tc = vlm.model.config.vision_config, vlm.model.config.text_config
+    n_patch = (vc.image_size // vc.patch_size) ** 2 + 1
+    vision = transformer_flops(B * n_patch, n_patch, vc.num_hidden_layers, vc.hidden_size, vc.intermediate_size,
+                               vc.num_attention_heads, vc.num_attention_heads, mlp_matrices=2)
+    def decoder(n_layers):
+        return transformer_flops(B * seq, (seq + 1) / 2, n_layers, tc.hidden_size, tc.intermediate_size,
+                                 tc.num_attention_heads, tc.num_key_value_heads)
+    res["matmul_peak_flops"] = peak
+    res["flop_fraction_ours"] = (vision + decoder(layer + 1)) / t_ours / peak
+    res["flop_fraction_roofline"] = (vision + decoder(layer + 1)) / t_roof / peak
+
+    # the attention output of a span of layers: one forward stopped after the last
+    lo, hi = (int(x) for x in a.span.split("-"))
+    lo, hi = (min(lo, 1), min(hi, 2)) if a.tiny else (lo, hi)
+    sites = [Site(l, "attn_out") for l in range(lo, hi + 1)]
+    t_span = timed(lambda: capture(vlm, sites, batch, "question"))
+    lm.layers = full_layers[: hi + 1]
+    try: t_span_roof = timed(truncated)
+    finally: lm.layers = full_layers
+    res.update(span=[lo, hi], span_examples_per_s=B / t_span, span_roofline_examples_per_s=B / t_span_roof,
+               ratio_span_vs_roofline=t_span_roof / t_span, flop_fraction_span=(vision + decoder(hi + 1)) / t_span / peak)
+
     # old unit: batch 1, full forward + LM head, fp16 weights as the old pipeline ran them
     if not a.tiny: vlm.model.to(torch.float16)
     one = vlm.encode(qs.question.tolist()[:1], images[:1], opts[:1]).to(vlm.device, vlm.model.dtype)
@@ -82,6 +114,7 @@ def main():
         for i, im in enumerate(images):
             p = Path(d) / f"{i}.png"; im.save(p); paths.append(str(p))
         df = qs.assign(image_path=paths)
+        res["prep_workers"] = prep_workers(vlm.device)
         harvest(vlm, df.head(B), [layer], "question", Path(d) / "warm", batch_size=B, progress=False)
         if torch.cuda.is_available(): torch.cuda.synchronize()
         t = time.perf_counter()
@@ -89,9 +122,28 @@ def main():
         if torch.cuda.is_available(): torch.cuda.synchronize()
         res["ours_end_to_end_examples_per_s"] = len(df) / (time.perf_counter() - t)
 
+        # where the end-to-end time goes: preparing the batches alone (1 … prep_workers threads), and the harvest of
+        # batches prepared beforehand (GPU forward, copies back, index rows, shard files)
+        import binding_sae.train as T
+        starts = range(0, len(df), B)
+        prep = lambda b0: T.encode_questions(vlm, df.iloc[b0:b0 + B])
+        for w in sorted({1, 2, 4, prep_workers(vlm.device)}):
+            t = time.perf_counter(); list(T.prefetched(prep, starts, w))
+            res[f"prepare_only_examples_per_s_workers_{w}"] = len(df) / (time.perf_counter() - t)
+        ready = {b0: prep(b0) for b0 in starts}
+        orig, T.encode_questions = T.encode_questions, lambda _vlm, rows, **kw: ready[int(rows.index[0])]
+        try:
+            if torch.cuda.is_available(): torch.cuda.synchronize()
+            t = time.perf_counter()
+            harvest(vlm, df, [layer], "question", Path(d) / "acts_ready", batch_size=B, progress=False)
+            if torch.cuda.is_available(): torch.cuda.synchronize()
+            res["harvest_of_prepared_batches_examples_per_s"] = len(df) / (time.perf_counter() - t)
+        finally: T.encode_questions = orig
+
     res["ratio_ours_vs_roofline"] = res["ours_examples_per_s"] / res["roofline_examples_per_s"]
     res["ratio_ours_vs_old"] = res["ours_examples_per_s"] / res["old_examples_per_s"]
     res["ratio_end_to_end_vs_old"] = res["ours_end_to_end_examples_per_s"] / res["old_examples_per_s"]
+    res["ratio_end_to_end_vs_roofline"] = res["ours_end_to_end_examples_per_s"] / res["roofline_examples_per_s"]
     print(json.dumps(res, indent=2))
     if a.out: Path(a.out).write_text(json.dumps(res, indent=2))
 

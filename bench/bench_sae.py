@@ -16,16 +16,26 @@ autocast on CUDA, Adam, gradient clipping and the unit-norm decoder constraint. 
   ours-gather    our step with decode_topk forced to an fp32 embedding_bag gather
   ours-gather16  the same gather in the autocast dtype (bf16 backward for per-row weights needs torch > 2.11)
   sae_lens       sae_lens.SAETrainer._train_step on a TopKTrainingSAE (only when sae_lens is importable)
-AuxK stays off in every variant: no latent can be dead within a benchmark's few hundred thousand tokens.
+AuxK stays off in these variants: no latent can be dead within a benchmark's few hundred thousand tokens.
+
+`--pipeline` measures the pipeline's own training path instead: `train_sae` over fp16 shard files on disk (as step 1
+harvests them) through `ActivationBatches(device=cuda)` — resident on the GPU, and again with `max_resident_bytes=0`
+(gathered on the CPU, pinned and copied ahead) — with AuxK active (`sae.dead_tokens` one batch, so dead latents exist
+from the second step) and a checkpoint written in the timed window (`--checkpoint_every`), against `SAETrainer.step` on
+the same shape, AuxK and batches already on the device, in the same run. Each rate is taken over the same number of
+steps. Both report the achieved dense-matmul FLOP/s as a fraction of a bf16 8192³ matmul measured in the same run.
 """
-import argparse, json, statistics, sys, time, traceback
+import argparse, json, statistics, sys, tempfile, time, traceback
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from binding_sae.sae import SAETrainer, TopKSAE, init_from_data, make_sae
+from safetensors.torch import save_file
+from binding_sae.sae import SAEError, ActivationBatches, SAETrainer, TopKSAE, init_from_data, make_sae, train_sae
 from binding_sae.config import SAEConfig, TrainingConfig
+from roofline import matmul_peak, sae_step_flops
 
 
 def sync(device):
@@ -114,6 +124,67 @@ def measure(step, xs, device, warmup, steps, repeats):
     return statistics.median(rates)
 
 
+class TimedBatches(ActivationBatches):
+    "ActivationBatches that note the (synchronised) time when batch `marks[0]` and `marks[1]` are requested."
+    def __init__(self, *a, marks=(0, 1), **kw):
+        super().__init__(*a, **kw); self.marks, self.times = marks, {}
+    def iter_from(self, cursor):
+        for i, b in enumerate(super().iter_from(cursor), start=cursor):
+            if i in self.marks: sync(self.device or torch.device("cpu")); self.times[i] = time.perf_counter()
+            yield b
+
+
+def pipeline_rows(args, device, peak):
+    "The pipeline's training path (shards on disk → ActivationBatches → train_sae, AuxK on, a checkpoint) vs the bare step."
+    B, n0, n = args.batch_sizes[0], args.warmup, args.window
+    tmp = Path(tempfile.mkdtemp())
+    g = torch.Generator().manual_seed(1)
+    for i in range(args.pipeline_rows // 32768):
+        save_file({"activations": (torch.randn(32768, args.d_in, generator=g) + 0.5).half()}, tmp / f"shard_{i}.safetensors")
+    shards = sorted(tmp.glob("*.safetensors"))
+    sae_cfg = SAEConfig(dead_tokens=B)
+    training = TrainingConfig(learning_rate=1e-4, warmup_steps=0, decay_fraction=0.0, dtype="bfloat16",
+                              checkpoint_every=args.checkpoint_every)
+    import itertools
+    cpu = [b for b in itertools.islice(ActivationBatches(shards, B, seed=3), 3)]
+    same = {}
+    for name, kw in [("resident", {}), ("copied_ahead", {"max_resident_bytes": 0})]:
+        ab = ActivationBatches(shards, B, seed=3, device=device, **kw)
+        same[name] = {"resident": ab.resident, "batches_equal_cpu": all(torch.equal(a, b.cpu()) for a, b in zip(cpu, itertools.islice(ab, 3)))}
+    rows, flops = [], sae_step_flops(B, args.d_in, args.d_sae, auxk=True)
+    xs = [b.to(device) for b in cpu]
+    sae = make_sae("topk", args.d_in, args.d_sae, k=args.k); init_from_data(sae, xs[0])
+    tr = SAETrainer(sae, 10**9, sae_cfg, training, device=str(device))
+    for _ in range(n0): tr.step(xs[0])
+    rate = measure(tr.step, xs, device, 0, n, 1)
+    rows.append({"variant": "SAETrainer.step (AuxK on, batches on the device)", "batch": B, "tokens_per_s": rate,
+                 "flop_fraction": rate / B * flops / peak})
+    for name, kw in [("train_sae, resident shards", {}), ("train_sae, copied ahead", {"max_resident_bytes": 0})]:
+        torch.cuda.empty_cache() if device.type == "cuda" else None
+        ab = TimedBatches(shards, B, seed=3, device=device, marks=(n0, n0 + n), **kw)
+        sae = make_sae("topk", args.d_in, args.d_sae, k=args.k)
+        t0 = time.perf_counter()
+        try:  # the run is planned as the 7B config's (its log interval), and stopped when the timed batches run out
+            train_sae(sae, itertools.islice(ab.iter_from(0), n0 + n + 1), sae_cfg, training, n_steps=args.planned_steps,
+                      device=str(device), checkpoint_path=tmp / "ck.pt", progress=False)
+        except SAEError as e:
+            if "ran out" not in str(e): raise
+        wall = time.perf_counter() - t0
+        rate = n * B / (ab.times[n0 + n] - ab.times[n0])
+        rows.append({"variant": name, "batch": B, "tokens_per_s": rate, "flop_fraction": rate / B * flops / peak,
+                     "checkpoints_in_window": len([s for s in range(n0 + 1, n0 + n + 1) if s % args.checkpoint_every == 0]),
+                     "wall_s_whole_call": wall, "checkpoint_gib": (tmp / "ck.pt").stat().st_size / 2**30})
+        (tmp / "ck.pt").unlink()
+    base = rows[0]["tokens_per_s"]
+    for r in rows: r["ratio_vs_step"] = r["tokens_per_s"] / base
+    for r in rows:
+        print(f"  {r['variant']:<50} {r['tokens_per_s']:>12,.0f} tokens/s  {r['ratio_vs_step']:.2f}x  "
+              f"{100 * r['flop_fraction']:.0f} % of the matmul peak", flush=True)
+    print(f"  batches served on the device equal the CPU's: {same}")
+    import shutil; shutil.rmtree(tmp)
+    return {"rows": rows, "batches": same, "steps_in_window": n}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="run on the CPU")
@@ -126,16 +197,31 @@ def main(argv=None):
     p.add_argument("--no_compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 with --cpu, where more threads thrash on busy machines)")
+    p.add_argument("--pipeline", action="store_true", help="measure the pipeline's training path (see above) instead")
+    p.add_argument("--pipeline_rows", type=int, default=65536, help="activation rows on disk for --pipeline (65,536 x 4096 fp16 = 0.5 GB)")
+    p.add_argument("--window", type=int, default=1000, help="steps timed in --pipeline")
+    p.add_argument("--checkpoint_every", type=int, default=1000, help="as training.checkpoint_every of configs/llava15_7b.yaml")
+    p.add_argument("--planned_steps", type=int, default=48828, help="steps the --pipeline run is planned for (sets the log interval): the 7B config's 2e8 tokens / 4096")
     args = p.parse_args(argv)
     if args.small:
         args.d_in, args.d_sae, args.k, args.batch_sizes = 256, 2048, 16, [512, 1024]
         args.steps, args.warmup, args.repeats = 5, 2, 1
+        args.pipeline_rows, args.window, args.checkpoint_every, args.planned_steps = 32768 * 2, 20, 10, 1000
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     if args.threads or device.type == "cpu": torch.set_num_threads(args.threads or 1)
     if device.type == "cuda": torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, d_in {args.d_in} x d_sae {args.d_sae}, k {args.k}, "
           f"batches {args.batch_sizes}, {args.steps} steps x {args.repeats} after {args.warmup} warm-up", flush=True)
+    peak = matmul_peak(device, n=8192 if device.type == "cuda" else 1024)
+    print(f"bf16 matmul peak measured now: {peak / 1e12:.1f} TFLOP/s", flush=True)
+    if args.pipeline:
+        out = pipeline_rows(args, device, peak)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"device": name, "torch": torch.__version__, "args": vars(args), "matmul_peak_flops": peak, **out},
+                          f, indent=2, sort_keys=True)
+        return out
     try: import sae_lens.training.sae_trainer; has_lens = True  # noqa: F401
     except Exception: has_lens = False
 
@@ -157,6 +243,7 @@ def main(argv=None):
                 step = make()
                 row["tokens_per_s"] = measure(step, xs, device, args.warmup, args.steps, args.repeats)
                 if device.type == "cuda": row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                row["flop_fraction"] = row["tokens_per_s"] / B * sae_step_flops(B, args.d_in, args.d_sae, auxk=False) / peak
                 del step
             except Exception as e:
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"

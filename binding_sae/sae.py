@@ -11,9 +11,10 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['log', 'ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAELENS_FORMAT_VERSION', 'SAEError', 'NonFiniteError', 'SAE',
-           'auxk_loss', 'TopKSAE', 'BatchTopKSAE', 'ReLUSAE', 'JumpReLUSAE', 'make_sae', 'load_shard',
+           'auxk_loss', 'TopKSAE', 'BatchTopKSAE', 'ReLUSAE', 'JumpReLUSAE', 'make_sae', 'load_shard', 'copied_ahead',
            'ActivationBatches', 'geometric_median', 'init_from_data', 'lr_factor', 'SAETrainer', 'read_checkpoint',
-           'training_steps', 'train_sae', 'sae_metrics', 'save_sae', 'load_sae', 'load_sae_checkpoint']
+           'CheckpointWriter', 'training_steps', 'train_sae', 'sae_metrics', 'save_sae', 'load_sae',
+           'load_sae_checkpoint']
 
 # %% ../nbs/00_sae.ipynb #d03095b1
 import numpy as np
@@ -357,6 +358,35 @@ def _as_shards(source) -> list:
     return shards
 
 # %% ../nbs/00_sae.ipynb #3e5c1be6
+def copied_ahead(batches, # an iterator of CPU tensors
+                 device,  # the CUDA device they are wanted on
+                 depth:int=2, # batches prepared ahead
+                ):
+    "Yield `batches` on `device`: a background thread pins each and copies it on a side stream `depth` batches ahead."
+    import queue, threading
+    q, stop, end = queue.Queue(depth), threading.Event(), object()
+    side = torch.cuda.Stream(device)
+    def work():
+        try:
+            for b in batches:
+                if stop.is_set(): return
+                with torch.cuda.stream(side):
+                    g = b.pin_memory().to(device, non_blocking=True)
+                    ready = torch.cuda.Event(); ready.record(side)
+                q.put((g, ready))
+            q.put(end)
+        except BaseException as e: q.put(e)
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        while (item := q.get()) is not end:
+            if isinstance(item, BaseException): raise item
+            g, ready = item
+            torch.cuda.current_stream(device).wait_event(ready); g.record_stream(torch.cuda.current_stream(device))
+            yield g
+    finally:
+        stop.set()
+        while not q.empty(): q.get_nowait()
+
 class ActivationBatches:
     "Shuffled fixed-size batches of activation rows (tensor or shard files), restartable at any batch number."
     def __init__(self,
@@ -364,6 +394,8 @@ class ActivationBatches:
                  batch_size:int,     # rows per batch
                  seed:int=0,         # seed of the per-epoch shuffles
                  start:int=0,        # batch number where `iter` starts (the data cursor)
+                 device=None,        # where batches are served (None: the CPU, as loaded)
+                 max_resident_bytes:int|None=None, # on CUDA: keep the source on the device up to this size (None: half its free memory)
                 ):
         self.shards, self.batch_size, self.seed, self.start = _as_shards(source), int(batch_size), int(seed), int(start)
         shapes = [tuple(s.shape) if isinstance(s, torch.Tensor) else _shard_shape(s) for s in self.shards]
@@ -375,18 +407,29 @@ class ActivationBatches:
         if self.batch_size < 1 or self.n_rows < self.batch_size:
             raise SAEError(f"training.batch_size ({self.batch_size}) must be between 1 and the number of activation rows ({self.n_rows}).")
         self.batches_per_epoch = self.n_rows // self.batch_size
-        self._cache = (None, None)
+        self._cache, self._resident = (None, None), {}
+        self.device = torch.device(device) if device is not None else None
+        on_gpu = self.device is not None and self.device.type == "cuda"
+        if on_gpu and max_resident_bytes is None: max_resident_bytes = torch.cuda.mem_get_info(self.device)[0] // 2
+        self.resident = on_gpu and self.n_rows * self.d_in * 4 <= max_resident_bytes  # sized as float32: an upper bound
 
     def __iter__(self): return self.iter_from(self.start)
 
     def iter_from(self, cursor:int):
         "Endless batches starting at batch number `cursor` (epochs follow each other)."
-        epoch, b = divmod(int(cursor), self.batches_per_epoch)
-        while True:
-            yield from self._epoch(epoch, b)
-            epoch, b = epoch + 1, 0
+        def stream(epoch, b):
+            while True:
+                yield from self._epoch(epoch, b)
+                epoch, b = epoch + 1, 0
+        batches = stream(*divmod(int(cursor), self.batches_per_epoch))
+        return batches if self.device is None or self.resident or self.device.type != "cuda" else copied_ahead(batches, self.device)
 
     def _rows(self, i):
+        if self.resident:
+            if i not in self._resident:
+                s = self.shards[i]
+                self._resident[i] = (s if isinstance(s, torch.Tensor) else load_shard(s)).to(self.device)
+            return self._resident[i]
         if self._cache[0] != i:
             s = self.shards[i]
             self._cache = (i, s if isinstance(s, torch.Tensor) else load_shard(s))
@@ -401,8 +444,8 @@ class ActivationBatches:
         offset, pieces, need = pos - int(starts[j]), [], B
         while pos < end:
             i = int(order[j])
-            perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, i]).permutation(self.sizes[i]))
             rows = self._rows(i)
+            perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, i]).permutation(self.sizes[i])).to(rows.device)
             while offset < self.sizes[i] and pos < end:
                 take = min(need, self.sizes[i] - offset)
                 pieces.append(rows[perm[offset:offset + take]])
@@ -576,12 +619,36 @@ def _resume(path:Path|None, tr:SAETrainer, settings:dict) -> _LoopState:
     log.info("resuming SAE training from %s at step %d", path, tr.step_count)
     return st
 
-def _save_checkpoint(st:_LoopState, tr:SAETrainer, settings:dict, metadata:dict|None):
-    "Write the trainer, the loop state, torch's RNG and the settings to `st.path` atomically."
+def _cpu_copy(o):
+    "`o` with every tensor copied to the CPU (containers rebuilt), so later training steps cannot change it."
+    if isinstance(o, torch.Tensor): return o.detach().to("cpu", copy=True)
+    if isinstance(o, dict): return {k: _cpu_copy(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return type(o)(_cpu_copy(v) for v in o)
+    return o
+
+def _write_checkpoint(path:Path, ck:dict):
+    with atomic_path(path) as tmp, open(tmp, "wb") as f: torch.save(ck, f)  # a file object: the archive name does not depend on the temp name
+
+class CheckpointWriter:
+    "Writes checkpoints in one background thread, one at a time; `wait()` returns when the last is on disk (or raises its error)."
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+        self.pool, self.pending = ThreadPoolExecutor(max_workers=1), None
+    def wait(self):
+        if self.pending is not None: p, self.pending = self.pending, None; p.result()
+    def submit(self, path:Path, ck:dict):
+        self.wait()
+        self.pending = self.pool.submit(_write_checkpoint, path, ck)
+    def close(self):
+        try: self.wait()
+        finally: self.pool.shutdown()
+
+def _save_checkpoint(st:_LoopState, tr:SAETrainer, settings:dict, metadata:dict|None, writer:CheckpointWriter):
+    "Hand the trainer, the loop state, torch's RNG and the settings (copied to the CPU) to `writer` for `st.path`."
     ck = {"format": CHECKPOINT_FORMAT, "version": 1, **tr.state_dict(), "cursor": st.cursor, "rng": _rng_state(),
-          "history": st.history, "acc": {k: v.cpu() for k, v in st.acc.items()}, "acc_n": st.acc_n,
+          "history": st.history, "acc": st.acc, "acc_n": st.acc_n,
           "settings": settings, "sae_config": tr.sae.config(), "metadata": dict(metadata or {})}
-    with atomic_path(st.path) as tmp, open(tmp, "wb") as f: torch.save(ck, f)  # a file object: the archive name does not depend on the temp name
+    writer.submit(st.path, _cpu_copy(ck))
 
 # %% ../nbs/00_sae.ipynb #a63b6878
 def training_steps(batches, # the batch source (needs batch_size, and n_rows unless training.n_tokens is set)
@@ -616,31 +683,33 @@ def train_sae(sae:SAE,
                     auxk_coeff=tr.auxk_coeff, dead_tokens=tr.dead_tokens, seed=int(t.seed))
     st = _resume(Path(checkpoint_path) if checkpoint_path is not None else None, tr, settings)
     if tr.step_count >= n_steps: return st.history
-    path, last_check = st.path, tr.step_count
     bar = tqdm(total=n_steps, initial=tr.step_count, desc="SAE", disable=not progress, leave=False)
-    for x in _iter_from(batches, st.cursor):
-        if tr.step_count == 0: init_from_data(sae, x)
-        out = tr.step(x)
-        st.cursor += 1; bar.update(1)
-        for k in _LOGGED: st.acc[k] += out[k]
-        st.acc_n += 1
-        s = tr.step_count
-        log_now = s % log_every == 0 or s == n_steps
-        ckpt_now = path is not None and (s % checkpoint_every == 0 or s == n_steps)
-        if log_now or ckpt_now:
-            tr.check_finite(f"between step {last_check} and step {s}")
-            last_check = s
-        if log_now:
-            row = {"step": s, "tokens": int(sae.tokens_seen), "lr": tr.opt.param_groups[0]["lr"],
-                   **{k: float(st.acc[k] / st.acc_n) for k in _LOGGED},
-                   "dead_fraction": float((sae.tokens_since_fired >= tr.dead_tokens).float().mean())}
-            if eval_batch is not None:
-                m = sae_metrics(sae, eval_batch)
-                row.update(eval_fvu=m["fvu"], eval_l0=m["l0"])
-            st.history.append(row)
-            st.acc, st.acc_n = _zeros(tr.device), 0
-        if ckpt_now: _save_checkpoint(st, tr, settings, metadata)
-        if s >= n_steps: break
+    path, last_check, writer = st.path, tr.step_count, CheckpointWriter()
+    try:
+        for x in _iter_from(batches, st.cursor):
+            if tr.step_count == 0: init_from_data(sae, x)
+            out = tr.step(x)
+            st.cursor += 1; bar.update(1)
+            for k in _LOGGED: st.acc[k] += out[k]
+            st.acc_n += 1
+            s = tr.step_count
+            log_now = s % log_every == 0 or s == n_steps
+            ckpt_now = path is not None and (s % checkpoint_every == 0 or s == n_steps)
+            if log_now or ckpt_now:
+                tr.check_finite(f"between step {last_check} and step {s}")
+                last_check = s
+            if log_now:
+                row = {"step": s, "tokens": int(sae.tokens_seen), "lr": tr.opt.param_groups[0]["lr"],
+                       **{k: float(st.acc[k] / st.acc_n) for k in _LOGGED},
+                       "dead_fraction": float((sae.tokens_since_fired >= tr.dead_tokens).float().mean())}
+                if eval_batch is not None:
+                    m = sae_metrics(sae, eval_batch)
+                    row.update(eval_fvu=m["fvu"], eval_l0=m["l0"])
+                st.history.append(row)
+                st.acc, st.acc_n = _zeros(tr.device), 0
+            if ckpt_now: _save_checkpoint(st, tr, settings, metadata, writer)
+            if s >= n_steps: break
+    finally: writer.close()
     bar.close()
     if tr.step_count < n_steps:
         raise SAEError(f"The batch source ran out after {st.cursor} batches but training needs {n_steps} steps; lower training.n_tokens or use an endless source.")
