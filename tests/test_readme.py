@@ -17,6 +17,57 @@ def test_readme_holds_current_config_reference():
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The README's tables of measured numbers: each is printed by tools/readme_tables.py from a committed results file
+
+import importlib.util, shlex
+import fastcore.test as fct  # (imported as a module: pytest would collect test_eq as a test)
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, root / "tools" / f"{name}.py")
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    return m
+
+tables = _tool("readme_tables")
+GENERATED = {"config", "organisms", "validation", "validation-rates", "planted", "interchange"}  # every kind the README holds
+
+def test_readme_generated_blocks_are_current():
+    "Every generated block equals what its command prints from its committed source (`python3 tools/readme_tables.py update`)."
+    text = (root / "README.md").read_text()
+    found = tables.blocks(text)
+    assert {shlex.split(c)[2] for c, _ in found} >= GENERATED, f"a table lost its generated markers: {found}"
+    for cmd, body in found:
+        for a in shlex.split(cmd)[3:]:
+            assert (root / a).is_file() and a.startswith("bench/results/"), f"{cmd}: the source {a} is not a committed results file"
+        assert body == tables.rendered(cmd), f"stale block: rerun `python3 tools/readme_tables.py update` ({cmd})"
+
+def test_update_rewrites_a_stale_block():
+    "A number changed by hand inside a generated block is what `update` restores (and what the test above reports)."
+    text = (root / "README.md").read_text()
+    cmd, body = next((c, b) for c, b in tables.blocks(text) if " validation " in c)
+    stale = text.replace(body, body.replace("| routed | 0 |", "| routed | 9 |", 1), 1)
+    assert stale != text and tables.update(stale) == text
+    assert len(re.findall("^<!-- generated: ", text, re.M)) == len(re.findall("^<!-- /generated -->", text, re.M)) == len(tables.blocks(text))
+
+def _recorded(path):
+    "(committed results file, its command as an argument list) of a `readme_tables.py record` file."
+    rec = json.loads((root / path).read_text())
+    return rec, shlex.split(rec["command"])
+
+def _flag(argv, name, default=None):
+    return argv[argv.index(name) + 1] if name in argv else default
+
+def test_organism_accuracy_equals_a_fresh_run():
+    """The shortcut organism's accuracy per family, recomputed now on the CPU with the recorded command's model, scene
+    count and world seed, equals the committed results file exactly (fresh scenes from a seeded generator, an fp32
+    forward, and a count of true-beats-false questions: the same on every CPU run)."""
+    from binding_sae.toy import toy_eval
+    rec, argv = _recorded("bench/results/toy_eval_shortcut.json")
+    assert argv[:2] == ["binding-sae", "toy-eval"], argv
+    fresh = toy_eval(root / _flag(argv, "--model"), int(_flag(argv, "--n")), int(_flag(argv, "--seed")))
+    assert fresh == rec["output"][-1], (fresh, rec["output"][-1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The README's examples, run exactly as printed from the repository root
 
 import os, re, shutil, subprocess, sys
@@ -59,3 +110,16 @@ def test_readme_python_example_runs_as_printed():
     lines = r.stdout.strip().splitlines()
     assert re.match(r"\d+ latents; logit difference true − false option: \[", lines[-2]), lines
     assert lines[-1].startswith(("SUPPORTED in ", "NOT SUPPORTED in ")), lines[-1]
+
+def test_planted_cases_equal_a_fresh_run():
+    """The planted readout cases, recomputed now by the notebook's own cells (tools/planted_readout.py), give the
+    committed file's checks, flags and answer values exactly and its drops and shares to 1e-6 (float sums of a CPU
+    forward, which may differ in the last bits with the number of threads), hence the same README table."""
+    planted = _tool("planted_readout")
+    rec = json.loads((root / "bench/results/planted_readout.json").read_text())
+    fresh = json.loads(json.dumps(planted.planted_cases(), default=lambda o: o.item()))
+    fct.test_eq(sorted(fresh), sorted(rec["cases"]))
+    for k, r in rec["cases"].items():
+        for f, v in r.items():
+            if isinstance(v, float): fct.test_close(fresh[k][f], v, eps=1e-6)
+            else: fct.test_eq(fresh[k][f], v)
