@@ -33,6 +33,7 @@ from binding_sae.forward import knockout, flow_blocks, knockout_layers, plan_bat
 from binding_sae.sae import make_sae
 from binding_sae.ablate import ablate_batch, knockout_batch, matched_random_sets
 from binding_sae.interchange import interchange_batch, FIXED_CONDITIONS
+from roofline import matmul_peak, transformer_flops
 
 FLOWS3 = ["Image->Question", "Image->Last", "Question->Last"]
 
@@ -115,6 +116,18 @@ def main():
     t_ab = timed(run_ablate, n_warm=1, n_rep=2)
     res["ablate_ms_per_question_condition"] = 1e3 * t_ab / (len(qs) * len(sets))
     if dev == "cuda": res["ablate_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    # model FLOPs of one question-condition: the rows from the first edited position to the end through the layers
+    # above L (attending to everything before them), and the LM head at the last position
+    tc = vlm.model.config.text_config
+    r_, c_ = probe.index(a.position_type)
+    first = torch.stack([c_[r_ == i].min() for i in range(len(probe))]).float().cpu()
+    suffix = probe.seq_len - first
+    per_cond = float(sum(transformer_flops(float(n), float(f) + float(n) / 2, vlm.n_layers - a.layer - 1, tc.hidden_size,
+                                           tc.intermediate_size, tc.num_attention_heads, tc.num_key_value_heads)
+                         for n, f in zip(suffix, first)) / len(probe)) + 2 * tc.hidden_size * tc.vocab_size
+    peak = matmul_peak(torch.device(dev), n=8192 if dev == "cuda" else 512)
+    res.update(matmul_peak_flops=peak, suffix_tokens_mean=float(suffix.mean()), flops_per_question_condition=per_cond,
+               ablate_flop_fraction=per_cond / (res["ablate_ms_per_question_condition"] / 1e3) / peak)
 
     # ours: the interchange, the same sets swapped from counterfactual scenes (other random images, same questions)
     cf_images = [Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)) for _ in range(len(qs))]
@@ -131,6 +144,7 @@ def main():
     res["interchange_conditions_per_question"] = n_ic
     res["interchange_ms_per_question_condition"] = 1e3 * t_ic / (len(qs) * n_ic)
     res["interchange_vs_ablate"] = res["interchange_ms_per_question_condition"] / res["ablate_ms_per_question_condition"]
+    res["interchange_flop_fraction_lower_bound"] = per_cond / (res["interchange_ms_per_question_condition"] / 1e3) / peak  # its edits start no later
     if dev == "cuda": res["interchange_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     b, c, s_ = triples[0]
     ids0 = (T_ids[:len(b)], F_ids[:len(b)])

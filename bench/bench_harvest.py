@@ -5,7 +5,7 @@ Measures, in one run on one GPU:
   roofline  the same model's language forward truncated after layer L (layers[:L+1], no LM head, no hooks)
   old       the old pipeline's unit of work: batch 1, full 32-layer forward + LM head (fp16)
   ours+io   binding_sae.train.harvest end to end (PNG files → processor → capture → fp16 shards on disk), over
-            `--e2e_batches` batches (the image preparation runs in `prep_workers` threads ahead of the GPU)
+            `--e2e_batches` batches (the next batch prepared in a background thread), and again with 4 threads
   span      capture of the attention output of layers 10–14 (`--span`) against the forward truncated after 14
 and prints examples/s, the ratios, and each forward's model FLOP/s as a fraction of a bf16 8192³ matmul measured in
 the same run.
@@ -23,7 +23,7 @@ from PIL import Image
 
 from binding_sae.fixtures import random_llava
 from binding_sae.forward import Site, capture
-from binding_sae.train import harvest, prep_workers
+from binding_sae.train import harvest
 from roofline import matmul_peak, transformer_flops
 
 
@@ -44,6 +44,7 @@ def main():
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     ap.add_argument("--e2e_batches", type=int, default=16, help="batches in the end-to-end harvest")
     ap.add_argument("--span", default="10-14", help="layers of the attention-output capture (first-last)")
+    ap.add_argument("--only_e2e", action="store_true", help="only the end-to-end harvest: one full pass to warm up, then timed")
     a = ap.parse_args()
     dev = "cpu" if a.tiny else "cuda"
     name = "tiny" if a.tiny else "llava-1.5-7b"
@@ -75,74 +76,85 @@ def main():
     finally: lm.layers = full_layers
     res["roofline_examples_per_s"] = B / t_roof
 
-    # model FLOPs of what the roofline computes: the vision tower on every image, the decoder layers <= L on every token
-    peak = matmul_peak(torch.device(dev), n=8192 if dev == "cuda" else 512)
-    vc, tc = vlm.model.config.vision_config, vlm.model.config.text_config
-    n_patch = (vc.image_size // vc.patch_size) ** 2 + 1
-    vision = transformer_flops(B * n_patch, n_patch, vc.num_hidden_layers, vc.hidden_size, vc.intermediate_size,
-                               vc.num_attention_heads, vc.num_attention_heads, mlp_matrices=2)
-    def decoder(n_layers):
-        return transformer_flops(B * seq, (seq + 1) / 2, n_layers, tc.hidden_size, tc.intermediate_size,
-                                 tc.num_attention_heads, tc.num_key_value_heads)
-    res["matmul_peak_flops"] = peak
-    res["flop_fraction_ours"] = (vision + decoder(layer + 1)) / t_ours / peak
-    res["flop_fraction_roofline"] = (vision + decoder(layer + 1)) / t_roof / peak
+    if not a.only_e2e:
+        # model FLOPs of what the roofline computes: the vision tower on every image, the decoder layers <= L on every token
+        peak = matmul_peak(torch.device(dev), n=8192 if dev == "cuda" else 512)
+        vc, tc = vlm.model.config.vision_config, vlm.model.config.text_config
+        n_patch = (vc.image_size // vc.patch_size) ** 2 + 1
+        vision = transformer_flops(B * n_patch, n_patch, vc.num_hidden_layers, vc.hidden_size, vc.intermediate_size,
+                                   vc.num_attention_heads, vc.num_attention_heads, mlp_matrices=2)
+        def decoder(n_layers):
+            return transformer_flops(B * seq, (seq + 1) / 2, n_layers, tc.hidden_size, tc.intermediate_size,
+                                     tc.num_attention_heads, tc.num_key_value_heads)
+        res["matmul_peak_flops"] = peak
+        res["flop_fraction_ours"] = (vision + decoder(layer + 1)) / t_ours / peak
+        res["flop_fraction_roofline"] = (vision + decoder(layer + 1)) / t_roof / peak
 
-    # the attention output of a span of layers: one forward stopped after the last
-    lo, hi = (int(x) for x in a.span.split("-"))
-    lo, hi = (min(lo, 1), min(hi, 2)) if a.tiny else (lo, hi)
-    sites = [Site(l, "attn_out") for l in range(lo, hi + 1)]
-    t_span = timed(lambda: capture(vlm, sites, batch, "question"))
-    lm.layers = full_layers[: hi + 1]
-    try: t_span_roof = timed(truncated)
-    finally: lm.layers = full_layers
-    res.update(span=[lo, hi], span_examples_per_s=B / t_span, span_roofline_examples_per_s=B / t_span_roof,
-               ratio_span_vs_roofline=t_span_roof / t_span, flop_fraction_span=(vision + decoder(hi + 1)) / t_span / peak)
+        # the attention output of a span of layers: one forward stopped after the last
+        lo, hi = (int(x) for x in a.span.split("-"))
+        lo, hi = (min(lo, 1), min(hi, 2)) if a.tiny else (lo, hi)
+        sites = [Site(l, "attn_out") for l in range(lo, hi + 1)]
+        t_span = timed(lambda: capture(vlm, sites, batch, "question"))
+        lm.layers = full_layers[: hi + 1]
+        try: t_span_roof = timed(truncated)
+        finally: lm.layers = full_layers
+        res.update(span=[lo, hi], span_examples_per_s=B / t_span, span_roofline_examples_per_s=B / t_span_roof,
+                   ratio_span_vs_roofline=t_span_roof / t_span, flop_fraction_span=(vision + decoder(hi + 1)) / t_span / peak)
 
-    # old unit: batch 1, full forward + LM head, fp16 weights as the old pipeline ran them
-    if not a.tiny: vlm.model.to(torch.float16)
-    one = vlm.encode(qs.question.tolist()[:1], images[:1], opts[:1]).to(vlm.device, vlm.model.dtype)
-    def old():
-        with torch.no_grad(): vlm.model(**one.model_inputs(), use_cache=False)
-    t_old = timed(old, n_rep=10)
-    res["old_examples_per_s"] = 1 / t_old
-    if not a.tiny: vlm.model.to(torch.bfloat16)
+        # old unit: batch 1, full forward + LM head, fp16 weights as the old pipeline ran them
+        if not a.tiny: vlm.model.to(torch.float16)
+        one = vlm.encode(qs.question.tolist()[:1], images[:1], opts[:1]).to(vlm.device, vlm.model.dtype)
+        def old():
+            with torch.no_grad(): vlm.model(**one.model_inputs(), use_cache=False)
+        t_old = timed(old, n_rep=10)
+        res["old_examples_per_s"] = 1 / t_old
+        if not a.tiny: vlm.model.to(torch.bfloat16)
 
     # end to end: our harvest() from image files to fp16 shards on disk
+    import binding_sae.train as T
     with tempfile.TemporaryDirectory() as d:
         paths = []
         for i, im in enumerate(images):
             p = Path(d) / f"{i}.png"; im.save(p); paths.append(str(p))
         df = qs.assign(image_path=paths)
-        res["prep_workers"] = prep_workers(vlm.device)
-        harvest(vlm, df.head(B), [layer], "question", Path(d) / "warm", batch_size=B, progress=False)
+        harvest(vlm, df, [layer], "question", Path(d) / "warm", batch_size=B, progress=False)  # a full pass: every batch shape seen once
         if torch.cuda.is_available(): torch.cuda.synchronize()
         t = time.perf_counter()
         harvest(vlm, df, [layer], "question", Path(d) / "acts", batch_size=B, progress=False)
         if torch.cuda.is_available(): torch.cuda.synchronize()
         res["ours_end_to_end_examples_per_s"] = len(df) / (time.perf_counter() - t)
-
-        # where the end-to-end time goes: preparing the batches alone (1 … prep_workers threads), and the harvest of
-        # batches prepared beforehand (GPU forward, copies back, index rows, shard files)
-        import binding_sae.train as T
-        starts = range(0, len(df), B)
-        prep = lambda b0: T.encode_questions(vlm, df.iloc[b0:b0 + B])
-        for w in sorted({1, 2, 4, prep_workers(vlm.device)}):
-            t = time.perf_counter(); list(T.prefetched(prep, starts, w))
-            res[f"prepare_only_examples_per_s_workers_{w}"] = len(df) / (time.perf_counter() - t)
-        ready = {b0: prep(b0) for b0 in starts}
-        orig, T.encode_questions = T.encode_questions, lambda _vlm, rows, **kw: ready[int(rows.index[0])]
+        import functools
+        orig = T.prefetched; T.prefetched = functools.partial(orig, workers=4)  # the same with four preparing threads
         try:
             if torch.cuda.is_available(): torch.cuda.synchronize()
             t = time.perf_counter()
-            harvest(vlm, df, [layer], "question", Path(d) / "acts_ready", batch_size=B, progress=False)
+            harvest(vlm, df, [layer], "question", Path(d) / "acts_w4", batch_size=B, progress=False)
             if torch.cuda.is_available(): torch.cuda.synchronize()
-            res["harvest_of_prepared_batches_examples_per_s"] = len(df) / (time.perf_counter() - t)
-        finally: T.encode_questions = orig
+            res["end_to_end_examples_per_s_4_threads"] = len(df) / (time.perf_counter() - t)
+        finally: T.prefetched = orig
+
+        if not a.only_e2e:
+            # where the end-to-end time goes: preparing the batches alone (1 … 8 threads), and the harvest of
+            # batches prepared beforehand (GPU forward, copies back, index rows, shard files)
+            starts = range(0, len(df), B)
+            prep = lambda b0: T.encode_questions(vlm, df.iloc[b0:b0 + B])
+            for w in (1, 2, 4, 8):
+                t = time.perf_counter(); list(T.prefetched(prep, starts, w))
+                res[f"prepare_only_examples_per_s_workers_{w}"] = len(df) / (time.perf_counter() - t)
+            ready = {b0: prep(b0) for b0 in starts}
+            orig, T.prefetched = T.prefetched, lambda _fn, starts, workers=1: ((b0, ready[b0]) for b0 in starts)
+            try:
+                if torch.cuda.is_available(): torch.cuda.synchronize()
+                t = time.perf_counter()
+                harvest(vlm, df, [layer], "question", Path(d) / "acts_ready", batch_size=B, progress=False)
+                if torch.cuda.is_available(): torch.cuda.synchronize()
+                res["harvest_of_prepared_batches_examples_per_s"] = len(df) / (time.perf_counter() - t)
+            finally: T.prefetched = orig
 
     res["ratio_ours_vs_roofline"] = res["ours_examples_per_s"] / res["roofline_examples_per_s"]
-    res["ratio_ours_vs_old"] = res["ours_examples_per_s"] / res["old_examples_per_s"]
-    res["ratio_end_to_end_vs_old"] = res["ours_end_to_end_examples_per_s"] / res["old_examples_per_s"]
+    if "old_examples_per_s" in res:
+        res["ratio_ours_vs_old"] = res["ours_examples_per_s"] / res["old_examples_per_s"]
+        res["ratio_end_to_end_vs_old"] = res["ours_end_to_end_examples_per_s"] / res["old_examples_per_s"]
     res["ratio_end_to_end_vs_roofline"] = res["ours_end_to_end_examples_per_s"] / res["roofline_examples_per_s"]
     print(json.dumps(res, indent=2))
     if a.out: Path(a.out).write_text(json.dumps(res, indent=2))

@@ -25,7 +25,7 @@ from the second step) and a checkpoint written in the timed window (`--checkpoin
 the same shape, AuxK and batches already on the device, in the same run. Each rate is taken over the same number of
 steps. Both report the achieved dense-matmul FLOP/s as a fraction of a bf16 8192³ matmul measured in the same run.
 """
-import argparse, json, statistics, sys, tempfile, time, traceback
+import argparse, dataclasses, json, statistics, sys, tempfile, time, traceback
 from pathlib import Path
 
 import torch
@@ -159,7 +159,10 @@ def pipeline_rows(args, device, peak):
     rate = measure(tr.step, xs, device, 0, n, 1)
     rows.append({"variant": "SAETrainer.step (AuxK on, batches on the device)", "batch": B, "tokens_per_s": rate,
                  "flop_fraction": rate / B * flops / peak})
-    for name, kw in [("train_sae, resident shards", {}), ("train_sae, copied ahead", {"max_resident_bytes": 0})]:
+    for name, kw, every in [("train_sae, resident shards", {}, args.checkpoint_every),
+                            ("train_sae, copied ahead", {"max_resident_bytes": 0}, args.checkpoint_every),
+                            ("train_sae, resident shards, no checkpoint in the window", {}, 10**9)]:
+        training = dataclasses.replace(training, checkpoint_every=every)
         torch.cuda.empty_cache() if device.type == "cuda" else None
         ab = TimedBatches(shards, B, seed=3, device=device, marks=(n0, n0 + n), **kw)
         sae = make_sae("topk", args.d_in, args.d_sae, k=args.k)
@@ -172,9 +175,27 @@ def pipeline_rows(args, device, peak):
         wall = time.perf_counter() - t0
         rate = n * B / (ab.times[n0 + n] - ab.times[n0])
         rows.append({"variant": name, "batch": B, "tokens_per_s": rate, "flop_fraction": rate / B * flops / peak,
-                     "checkpoints_in_window": len([s for s in range(n0 + 1, n0 + n + 1) if s % args.checkpoint_every == 0]),
-                     "wall_s_whole_call": wall, "checkpoint_gib": (tmp / "ck.pt").stat().st_size / 2**30})
-        (tmp / "ck.pt").unlink()
+                     "checkpoints_in_window": len([s for s in range(n0 + 1, n0 + n + 1) if s % every == 0]),
+                     "wall_s_whole_call": wall,
+                     **({"checkpoint_gib": (tmp / "ck.pt").stat().st_size / 2**30} if (tmp / "ck.pt").exists() else {})})
+        (tmp / "ck.pt").unlink(missing_ok=True)
+    # what a checkpoint costs the training thread: the copy to the CPU, and steps run while another thread writes it
+    from binding_sae.sae import _cpu_copy, _write_checkpoint
+    import threading
+    sd = tr.state_dict()
+    sync(device); t = time.perf_counter(); snap = _cpu_copy(sd); sync(device)
+    cost = {"copy_to_cpu_s": time.perf_counter() - t}
+    pinned = {}; _cpu_copy(sd, pinned); sync(device)  # CheckpointWriter's path: page-locked buffers, reused
+    t = time.perf_counter(); _cpu_copy(sd, pinned); sync(device); cost["copy_to_reused_pinned_s"] = time.perf_counter() - t
+    t = time.perf_counter(); _write_checkpoint(tmp / "solo.pt", snap); cost["write_s"] = time.perf_counter() - t
+    w = threading.Thread(target=_write_checkpoint, args=(tmp / "bg.pt", snap)); w.start()
+    steps_during, t = 0, time.perf_counter()
+    while w.is_alive(): tr.step(xs[steps_during % len(xs)]); steps_during += 1
+    sync(device); during = steps_during * B / (time.perf_counter() - t)
+    cost.update(steps_during_write=steps_during, tokens_per_s_during_write=during,
+                tokens_per_s_alone=rows[0]["tokens_per_s"], slowdown_during_write=rows[0]["tokens_per_s"] / during)
+    print(f"  checkpoint: copy to the CPU {cost['copy_to_cpu_s']:.2f} s (into reused pinned buffers {cost['copy_to_reused_pinned_s']:.2f} s), write {cost['write_s']:.2f} s; steps while another "
+          f"thread writes: {during:,.0f} tokens/s ({cost['slowdown_during_write']:.2f}x slower)", flush=True)
     base = rows[0]["tokens_per_s"]
     for r in rows: r["ratio_vs_step"] = r["tokens_per_s"] / base
     for r in rows:
@@ -182,7 +203,7 @@ def pipeline_rows(args, device, peak):
               f"{100 * r['flop_fraction']:.0f} % of the matmul peak", flush=True)
     print(f"  batches served on the device equal the CPU's: {same}")
     import shutil; shutil.rmtree(tmp)
-    return {"rows": rows, "batches": same, "steps_in_window": n}
+    return {"rows": rows, "batches": same, "steps_in_window": n, "checkpoint_cost": cost}
 
 
 def main(argv=None):

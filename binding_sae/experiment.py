@@ -329,11 +329,9 @@ def question_options(rows:pd.DataFrame) -> list | None:
 
 def encode_questions(vlm, rows:pd.DataFrame, # a slice of the question table (question, image_path, options)
                      pad_at:str="left", # left | question (see `binding_sae.vlm.encode`)
-                     on_device:bool=True, # False: the batch stays on the CPU
                     ):
     "A `Batch` of the rows' questions with their images and options."
-    return vlm.encode(rows["question"].tolist(), question_images(rows["image_path"]), question_options(rows), pad_at=pad_at,
-                      on_device=on_device)
+    return vlm.encode(rows["question"].tolist(), question_images(rows["image_path"]), question_options(rows), pad_at=pad_at)
 
 # %% ../nbs/17_experiment.ipynb #07de5236
 def open_model(cfg:Config):

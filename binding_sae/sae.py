@@ -619,26 +619,35 @@ def _resume(path:Path|None, tr:SAETrainer, settings:dict) -> _LoopState:
     log.info("resuming SAE training from %s at step %d", path, tr.step_count)
     return st
 
-def _cpu_copy(o):
-    "`o` with every tensor copied to the CPU (containers rebuilt), so later training steps cannot change it."
-    if isinstance(o, torch.Tensor): return o.detach().to("cpu", copy=True)
-    if isinstance(o, dict): return {k: _cpu_copy(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return type(o)(_cpu_copy(v) for v in o)
+def _cpu_copy(o, pinned:dict|None=None, key=()):
+    """`o` with every tensor copied to the CPU (containers rebuilt), so later training steps cannot change it. With
+    `pinned`, GPU tensors go into page-locked buffers kept there for the next call (a fast asynchronous copy)."""
+    if isinstance(o, torch.Tensor):
+        if pinned is None or not o.is_cuda: return o.detach().to("cpu", copy=True)
+        buf = pinned.get(key)
+        if buf is None or buf.shape != o.shape or buf.dtype != o.dtype:
+            buf = pinned[key] = torch.empty(o.shape, dtype=o.dtype, pin_memory=True)
+        return buf.copy_(o.detach(), non_blocking=True)
+    if isinstance(o, dict): return {k: _cpu_copy(v, pinned, key + (k,)) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return type(o)(_cpu_copy(v, pinned, key + (i,)) for i, v in enumerate(o))
     return o
 
 def _write_checkpoint(path:Path, ck:dict):
     with atomic_path(path) as tmp, open(tmp, "wb") as f: torch.save(ck, f)  # a file object: the archive name does not depend on the temp name
 
 class CheckpointWriter:
-    "Writes checkpoints in one background thread, one at a time; `wait()` returns when the last is on disk (or raises its error)."
+    """Writes checkpoints in one background thread, one at a time; `wait()` returns when the last is on disk (or raises
+    its error). GPU state is copied into page-locked buffers that are reused, once the previous write is done."""
     def __init__(self):
         from concurrent.futures import ThreadPoolExecutor
-        self.pool, self.pending = ThreadPoolExecutor(max_workers=1), None
+        self.pool, self.pending, self.pinned = ThreadPoolExecutor(max_workers=1), None, {}
     def wait(self):
         if self.pending is not None: p, self.pending = self.pending, None; p.result()
     def submit(self, path:Path, ck:dict):
-        self.wait()
-        self.pending = self.pool.submit(_write_checkpoint, path, ck)
+        self.wait()  # the buffers are free again
+        snap = _cpu_copy(ck, self.pinned)
+        if torch.cuda.is_available() and self.pinned: torch.cuda.synchronize()  # the asynchronous copies have landed
+        self.pending = self.pool.submit(_write_checkpoint, path, snap)
     def close(self):
         try: self.wait()
         finally: self.pool.shutdown()
@@ -648,7 +657,7 @@ def _save_checkpoint(st:_LoopState, tr:SAETrainer, settings:dict, metadata:dict|
     ck = {"format": CHECKPOINT_FORMAT, "version": 1, **tr.state_dict(), "cursor": st.cursor, "rng": _rng_state(),
           "history": st.history, "acc": st.acc, "acc_n": st.acc_n,
           "settings": settings, "sae_config": tr.sae.config(), "metadata": dict(metadata or {})}
-    writer.submit(st.path, _cpu_copy(ck))
+    writer.submit(st.path, ck)
 
 # %% ../nbs/00_sae.ipynb #a63b6878
 def training_steps(batches, # the batch source (needs batch_size, and n_rows unless training.n_tokens is set)

@@ -8,8 +8,7 @@ import json, logging
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['log', 'token_index', 'prefetched', 'prep_workers', 'prepared_batches', 'harvest', 'shard_paths', 'spliced_quality',
-           'train_step', 'import_sae']
+__all__ = ['log', 'token_index', 'prefetched', 'harvest', 'shard_paths', 'spliced_quality', 'train_step', 'import_sae']
 
 # %% ../nbs/01_train.ipynb #7d731f31
 import numpy as np
@@ -52,37 +51,6 @@ def prefetched(fn, # item → prepared batch
             if i + len(ahead) + 1 < len(items): ahead.append(pool.submit(fn, items[i + len(ahead) + 1]))
             yield item, cur
 
-def prep_workers(device) -> int:
-    "Processes that prepare batches for a model on `device`: 0 on the CPU (a thread does), half the cores (1–8) beside a GPU."
-    import os
-    return 0 if torch.device(device).type == "cpu" else max(1, min(8, (os.cpu_count() or 2) // 2))
-
-class _Slices(torch.utils.data.Dataset):
-    "Item i: (start, the CPU batch of questions[start:start + size]) — what a worker process prepares."
-    def __init__(self, vlm, questions:pd.DataFrame, starts:list, size:int): self.vlm, self.q, self.starts, self.size = vlm, questions, starts, size
-    def __len__(self): return len(self.starts)
-    def __getitem__(self, i):
-        b0 = self.starts[i]
-        return b0, encode_questions(self.vlm, self.q.iloc[b0:b0 + self.size], on_device=False)
-
-def _one_thread(_):
-    import os; os.environ["TOKENIZERS_PARALLELISM"] = "false"; torch.set_num_threads(1)
-
-def prepared_batches(vlm, questions:pd.DataFrame, # the questions, in order
-                     starts, # first row of each batch
-                     size:int, # questions per batch
-                     workers:int|None=None, # worker processes (None: `prep_workers(vlm.device)`; 0: one thread)
-                    ):
-    "Yield `(start, batch on the model's device)` in order, prepared ahead in worker processes (or a thread)."
-    starts, workers = list(starts), prep_workers(vlm.device) if workers is None else workers
-    if not workers or len(starts) < 2:
-        yield from prefetched(lambda b0: encode_questions(vlm, questions.iloc[b0:b0 + size]), starts)
-        return
-    import multiprocessing as mp
-    loader = torch.utils.data.DataLoader(_Slices(vlm, questions, starts, size), batch_size=None, num_workers=workers,
-                                         multiprocessing_context=mp.get_context("fork"), worker_init_fn=_one_thread,
-                                         prefetch_factor=2)
-    for b0, batch in loader: yield b0, batch.to(vlm.device, vlm.dtype)
 
 # %% ../nbs/01_train.ipynb #ecf2280c
 def harvest(vlm, # a loaded `binding_sae.vlm.VLM`
@@ -112,7 +80,7 @@ def harvest(vlm, # a loaded `binding_sae.vlm.VLM`
     start = prog["questions_done"]
     bar = tqdm(total=len(questions), initial=start, desc=f"harvest {positions}", disable=not progress, leave=False)
     starts = range(start, len(questions), batch_size)
-    for b0, batch in prepared_batches(vlm, questions, starts, batch_size):
+    for b0, batch in prefetched(lambda b0: encode_questions(vlm, questions.iloc[b0:b0 + batch_size]), starts):
         rows = questions.iloc[b0:b0 + batch_size]
         skipped += len(batch.missing.get(positions, []))
         r, c = batch.index(positions)

@@ -85,10 +85,9 @@ class VLM:
     @property
     def attn_implementation(self)->str: return _attn_impl(self.model)
 
-    def encode(self, questions:list[str], images:list, options:list[tuple[str,...]]|None=None, pad_at:str='left',
-               on_device:bool=True):
+    def encode(self, questions:list[str], images:list, options:list[tuple[str,...]]|None=None, pad_at:str='left'):
         "Prompts + images → a padded `Batch` with positions (see `encode`)."
-        return encode(self, questions, images, options, pad_at=pad_at, on_device=on_device)
+        return encode(self, questions, images, options, pad_at=pad_at)
 
     def __repr__(self): return (f"VLM({self.name!r}, {type(self.model).__name__}, layers={self.n_layers}, "
                                 f"d_model={self.d_model}, image_tokens={self.image_token_count}, {self.dtype}, {self.device})")
@@ -288,7 +287,6 @@ def _pad(rows, tokenizer, questions, prompts, options, missing, pad_at)->Batch:
 def encode(vlm:VLM, questions:list[str], images:list, # PIL images (or image paths), one per question
            options:list[tuple[str,...]]|None=None, # per question the option words (for `attribute` positions)
            pad_at:str='left', # 'left' | 'question'
-           on_device:bool=True, # False: leave the batch on the CPU (for preparing it in another process)
           )->Batch:
     "Prompts + images → a padded `Batch` on the model's device with positions in expanded coordinates."
     if len(images) != len(questions): raise ModelError("encode needs exactly one image per question.")
@@ -299,7 +297,7 @@ def encode(vlm:VLM, questions:list[str], images:list, # PIL images (or image pat
     b.pixel_values, b.image_sizes = enc['pixel_values'], enc.get('image_sizes')
     b.image_px = [im.size for im in images]
     if any(b.missing.values()): log.info("positions not found (rows per kind): %s", b.missing_counts())
-    return b.to(vlm.device, vlm.dtype) if on_device else b
+    return b.to(vlm.device, vlm.dtype)
 
 # %% ../nbs/13_vlm.ipynb #e40e8e4d
 _CACHE_KW = 'cache' if 'cache' in inspect.signature(LlavaForConditionalGeneration.forward).parameters else 'past_key_values'
