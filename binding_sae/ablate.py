@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_ablate.ipynb #73fc56f9
 from __future__ import annotations
-import hashlib, json, logging, math, re, shutil, time
+import json, logging, math, time
 from pathlib import Path
 from typing import get_args
 import numpy as np
@@ -14,20 +14,21 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['log', 'POSITION_TYPES', 'MODES', 'BASELINES', 'CONTROL_ROLES', 'CEILINGS', 'RANDOM_EFFECT_SETS', 'STAT_BASELINES',
            'CEILING_EDITS', 'BOX_COLUMNS', 'AblationError', 'log_stat', 'match_quality', 'matched_random_sets',
-           'decoded_norms', 'top_latents', 'trivial_baselines', 'set_contributions', 'ablation_deltas',
-           'ceiling_deltas', 'ablate_batch', 'inputs_key', 'ChunkStore', 'positions_found', 'ablate_questions',
-           'per_feature_effects', 'condition_record', 'accuracy_by_option_contrast', 'knockout_batch',
-           'bootstrap_mean_ci', 'held_out_questions', 'check_knockout_attention', 'scorable', 'ablate_inputs',
-           'best_random_on_select', 'ablate_step', 'knockout_step', 'check_knockout_boxes', 'object_rows']
+           'decoded_norms', 'top_latents', 'trivial_baselines', 'ablation_deltas', 'ceiling_deltas', 'ablate_batch',
+           'ablate_questions', 'per_feature_effects', 'condition_record', 'accuracy_by_option_contrast',
+           'knockout_batch', 'check_knockout_attention', 'best_random_on_select', 'ablate_step', 'knockout_candidates',
+           'knockout_step', 'check_knockout_boxes', 'object_rows']
 
 # %% ../nbs/03_ablate.ipynb #8c23cf97
-from .config import (Config, UserError, atomic_path, atomic_write_json, config_hash, EditPosition,
+from .config import (Config, UserError, atomic_write_json, config_hash, EditPosition,
                                 AblationMode, Baseline as BaselineName, ControlTask)
-from .experiment import encode_questions, read_step_json, step_run
-from .vlm import VLM, Batch, tokenize_prompts, option_token_ids, choose_option_variant
+from .experiment import (encode_questions, read_step_json, step_run, open_model, held_out_questions, choose_variant,
+                                    ChunkStore, inputs_key, chunk_name, ablate_inputs)
+from .vlm import VLM, Batch, option_token_ids, positions_found, scorable
 from .forward import (METRICS, FLOWS, ConditionRecord, SetAblation, Prefix, prefix_length, run_baseline,
                                  run_conditions, metrics_numpy, condition_positions, condition_blocks,
-                                 plan_batches, knockout, knockout_layers, flow_blocks)
+                                 plan_batches, knockout, knockout_layers, flow_blocks, set_index, set_contributions)
+from .stats import bootstrap_ci
 
 # %% ../nbs/03_ablate.ipynb #c1138e1f
 log = logging.getLogger(__name__)
@@ -164,27 +165,8 @@ def trivial_baselines(names:list, # baseline names (`BASELINES`); best_random_on
     return out
 
 # %% ../nbs/03_ablate.ipynb #628d8fce
-def _set_index(sets:list, device) -> tuple[torch.Tensor, torch.Tensor]:
-    "Padded [n_sets, k_max] latent indices and a 0/1 mask of the real entries."
-    k = max([len(s) for s in sets] + [1])
-    idx = torch.zeros(len(sets), k, dtype=torch.long)
-    w = torch.zeros(len(sets), k)
-    for i, s in enumerate(sets):
-        idx[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long); w[i, :len(s)] = 1
-    return idx.to(device), w.to(device)
-
-def set_contributions(sae, f:torch.Tensor, # latents [n_pos, d_sae]
-                      sets, # feature sets (lists of ids), or their `_set_index`
-                     ) -> torch.Tensor:
-    "Decoded contribution f[:, S] @ W_dec[S] of every set S: [n_sets, n_pos, d_in]."
-    idx, w = _set_index(sets, f.device) if isinstance(sets, list) else sets
-    W = sae.W_dec.to(f.device)
-    coef = f[:, idx].float() * w[None]  # [n_pos, n_sets, k]
-    out = torch.einsum("psk,skd->spd", coef.to(W.dtype), W[idx])
-    return out / float(getattr(sae, "input_scale", 1.0))
-
 def ablation_deltas(sae, x:torch.Tensor, # layer activations at the edited positions [n_pos, d_in]
-                    sets, # feature sets to ablate (one condition each), or their `_set_index`
+                    sets, # feature sets to ablate (one condition each), or their `set_index`
                     mode:str="residual", # residual | replace
                     delta_scale:float=1.0, # multiple of the contribution removed (residual mode)
                    ) -> torch.Tensor:
@@ -224,7 +206,7 @@ def ablate_batch(vlm:VLM, batch:Batch, # questions encoded with pad_at='question
     prefix = Prefix.build(vlm, batch, prefix_length(cols))
     base = run_baseline(vlm, batch, prefix, *ids, layer=how.site)
     x = [base.hidden[i, c - prefix.upto] for i, c in enumerate(cols)]  # the SAE's site at the edited positions, per row
-    index = _set_index(sets, sae.W_dec.device)
+    index = set_index(sets, sae.W_dec.device)
     deltas = [ablation_deltas(sae, xi, index, how.mode, how.delta_scale) for xi in x]  # each [n_sets, n_pos, d]
     if ceiling: deltas = [torch.cat([d, ceiling_deltas(sae, xi)]) for d, xi in zip(deltas, x)]
     S = base.hidden.shape[1]
@@ -241,73 +223,7 @@ def ablate_batch(vlm:VLM, batch:Batch, # questions encoded with pad_at='question
                                      for xi in x]).astype(float)
     return res
 
-# %% ../nbs/03_ablate.ipynb #3d74f5ec
-def inputs_key(cfg:Config, exp_dir, files:list, # experiment files (relative paths) the results depend on
-               extra=None, # anything else they depend on (JSON-serialisable)
-              ) -> str:
-    "Short hash of the config, the bytes of `files` and `extra`: partial results are reused only for the same inputs."
-    h = hashlib.sha256(config_hash(cfg).encode())
-    for f in files:
-        p = Path(exp_dir) / f
-        h.update(f.encode() + b"\0")
-        if not p.is_file(): h.update(b"missing\0"); continue
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""): h.update(block)
-    h.update(json.dumps(extra, sort_keys=True).encode())
-    return h.hexdigest()[:16]
-
-class ChunkStore:
-    "Arrays of finished question chunks under `<exp>/results/.partial/<step>-<key>/`, reloaded by a rerun of the step."
-    def __init__(self, exp_dir, step:str, key:str):
-        self.root = Path(exp_dir) / "results" / ".partial"
-        self.dir = self.root / f"{step}-{key}"
-        if self.root.is_dir():
-            for old in self.root.glob(f"{step}-*"):
-                if old != self.dir: shutil.rmtree(old, ignore_errors=True)  # another config's or other inputs': never valid again
-
-    def path(self, name:str) -> Path:
-        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", name)[:80]
-        return self.dir / f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}.npz"
-
-    def load(self, name:str) -> dict|None:
-        "The arrays saved under `name` ({'group': {key: array}} for saved dicts), or None when there are none."
-        p = self.path(name)
-        if not p.is_file(): return None
-        import zipfile
-        try:
-            with np.load(p, allow_pickle=False) as z: flat = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile): return None  # unreadable: recompute it
-        out = {}
-        for k, v in flat.items():
-            if "." in k: g, m = k.split(".", 1); out.setdefault(g, {})[m] = v
-            else: out[k] = v
-        return out
-
-    def save(self, name:str, arrays:dict) -> None:
-        "Save arrays and one level of dicts of arrays (None values are left out) atomically."
-        flat = {}
-        for k, v in arrays.items():
-            if isinstance(v, dict): flat.update({f"{k}.{m}": np.asarray(a) for m, a in v.items()})
-            elif v is not None: flat[k] = np.asarray(v)
-        with atomic_path(self.path(name)) as tmp, open(tmp, "wb") as f: np.savez(f, **flat)
-
-    def clear(self) -> None:
-        "Remove this step's partial results (and `.partial` when nothing else is left in it)."
-        shutil.rmtree(self.dir, ignore_errors=True)
-        if self.root.is_dir() and not any(self.root.iterdir()): self.root.rmdir()
-
 # %% ../nbs/03_ablate.ipynb #fa01b96e
-def positions_found(vlm:VLM, df, kind:str) -> np.ndarray:
-    "Bool per question: the prompt has `kind` positions (text-only tokenization, no images)."
-    b = tokenize_prompts(vlm.tokenizer, vlm.template, df["question"].tolist(), vlm.image_token_count,
-                         list(zip(df["true option"].astype(str), df["false option"].astype(str))), vlm.image_token)
-    ok = np.ones(len(df), bool); ok[b.missing[kind]] = False
-    return ok
-
-def _chunk_name(name:str, g, n_cols:int) -> str:
-    "A chunk's name in the store: the run, its questions and its column count."
-    return f"{name}#{n_cols}#" + hashlib.sha256("\n".join(g["question_id"].astype(str)).encode()).hexdigest()[:12]
-
 def ablate_questions(vlm:VLM, df, # questions (GQA columns + image_path)
                      sae, how:SetAblation, sets:list,
                      conditions_per_forward:int=64, # conditions of one question per forward (ablation.batch_size)
@@ -326,7 +242,7 @@ def ablate_questions(vlm:VLM, df, # questions (GQA columns + image_path)
     groups = range(0, len(d), questions_per_batch)
     for a in tqdm(groups, desc=f"{how.kind} {how.mode}", disable=len(groups) < 2, leave=False):
         g = d.iloc[a:a + questions_per_batch]
-        key = _chunk_name(name, g, n_cols)
+        key = chunk_name(name, g, n_cols)
         r = chunks.load(key) if chunks is not None else None
         if r is None:
             t, f = g["true option"].astype(str).tolist(), g["false option"].astype(str).tolist()
@@ -446,16 +362,17 @@ def knockout_batch(vlm:VLM, batch:Batch, # questions encoded with pad_at='questi
     target = lambda fl: fl.split("->")[1].strip().split(" ")[-1].lower()  # 'question' | 'last'
     all_flows = list(dict.fromkeys(list(flows) + list(cumulative)))
     uptos = {fl: prefix_length([p[target(fl)] for p in batch.positions]) for fl in all_flows}
-    prefixes = {}  # the shortest prefix is run once; the longer ones extend it
-    for u in sorted(set(uptos.values())):
+    conds = [(fl, l) for fl in flows for l in layers] + [(fl, "cumulative") for fl in cumulative]
+    prefixes = {}  # the shortest prefix is run once; the longer ones extend it (only the shortest without conditions)
+    for u in sorted(set(uptos.values()))[:None if conds else 1]:
         prefixes[u] = prefixes[min(prefixes)].extend(vlm, batch, u) if prefixes else Prefix.build(vlm, batch, u)
     base = run_baseline(vlm, batch, prefixes[min(prefixes)], true_ids, false_ids)
-    conds = [(fl, l) for fl in flows for l in layers] + [(fl, "cumulative") for fl in cumulative]
     blocked = ([set(knockout_layers(l, window, vlm.n_layers)) for fl in flows for l in layers]
                + [{int(l) for l in ls} for ls in cumulative.values()])
     out = {k: np.zeros((B, len(conds))) for k in METRICS}
     for fl in all_flows:  # one flow at a time: its conditions share one prefix length
         cols = [c for c, (f_, _) in enumerate(conds) if f_ == fl]
+        if not cols: continue  # no layers and no cumulative condition: the baseline only (what the knockout step scores first)
         mask, prefix = flow_blocks(vlm, batch, fl, boxes), prefixes[uptos[fl]]
         def edit(k0, k1, seg, cols=cols, mask=mask, prefix=prefix):
             chunk = cols[k0:k1]
@@ -466,29 +383,7 @@ def knockout_batch(vlm:VLM, batch:Batch, # questions encoded with pad_at='questi
         for key, v in m.items(): out[key][:, cols] = v
     return dict(baseline=metrics_numpy(base.metrics), conditions=out, labels=conds)
 
-# %% ../nbs/03_ablate.ipynb #50323bbd
-def bootstrap_mean_ci(x, # per-question values
-                      n_bootstrap:int=1000, seed:int=0, alpha:float=0.05) -> tuple:
-    "Percentile bootstrap CI of the mean (None, None when empty)."
-    x = np.asarray(x, float)
-    if len(x) == 0: return None, None
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), (n_bootstrap, len(x)))].mean(1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
-
 # %% ../nbs/03_ablate.ipynb #38bba1a6
-def held_out_questions(cfg:Config, exp:Path, roles=("binding",)) -> dict:
-    "{role: test-split questions (None when a control role has none)}; asserts that no `select` question or image is among them."
-    from binding_sae.experiment import experiment_questions, split_questions
-    df = experiment_questions(cfg, exp)
-    out = {}
-    for role in roles:
-        try: out[role] = split_questions(df, "test", role)
-        except UserError as e:
-            if role == "binding": raise
-            log.warning("%s", e); out[role] = None
-    return out
-
 def check_knockout_attention(cfg:Config) -> None:
     "Refuse an attention kernel that ignores the custom masks knockout needs (before any model is loaded)."
     impl = cfg.model.attn_implementation
@@ -496,39 +391,10 @@ def check_knockout_attention(cfg:Config) -> None:
         raise AblationError(f"model.attn_implementation {impl!r} ignores the attention masks that knockout needs: "
                             "set model.attn_implementation to 'sdpa' (or 'eager') for the knockout sweep.")
 
-def _load_vlm(cfg:Config, vlm:VLM|None) -> VLM:
-    from binding_sae.experiment import open_model
-    return vlm if vlm is not None else open_model(cfg)
-
-def _choose_variant(vlm:VLM, df, exp:Path|None=None) -> None:
-    "The option-token variant step 2 chose on `select` (from the catalog); else chosen once on the first test questions."
-    if vlm.option_variant is not None: return
-    cat = Path(exp) / "feature_catalog.json" if exp is not None else None
-    if cat is not None and cat.is_file():
-        chosen = (json.loads(cat.read_text()).get("metadata") or {}).get("option_variant")
-        if chosen: vlm.option_variant = chosen; return
-    g = df.iloc[:16]
-    t, f = g["true option"].astype(str).tolist(), g["false option"].astype(str).tolist()
-    choose_option_variant(vlm, encode_questions(vlm, g), t, f)
-
-# %% ../nbs/03_ablate.ipynb #392537a3
-def scorable(vlm:VLM, df) -> tuple:
-    "The rows whose true and false options start with different tokens, and how many were dropped (a counted skip)."
-    if not len(df): return df, 0
-    keep = (option_token_ids(vlm, df["true option"]) != option_token_ids(vlm, df["false option"])).numpy()
-    if not keep.all():
-        log.warning("%d questions skipped: their two options start with the same token (%s), so a first-token logit "
-                    "difference cannot tell them apart", int((~keep).sum()), vlm.option_variant)
-    return df[keep].reset_index(drop=True), int((~keep).sum())
 
 # %% ../nbs/03_ablate.ipynb #fbc69b82
 CEILING_EDITS = {"all_latents_replace": "x -> the SAE's decoding with every latent off, at the ablation positions",
                  "zero_residual": "x -> 0 (the whole residual vector) at the ablation positions"}
-
-def ablate_inputs(exp:Path) -> list:
-    "The experiment files whose bytes step 3's numbers depend on (besides the config)."
-    sae_files = sorted(str(p.relative_to(exp)) for p in (exp / "sae").glob("*") if p.is_file()) if (exp / "sae").is_dir() else []
-    return ["splits.csv", "feature_catalog.json", "feature_stats.json"] + sae_files
 
 def best_random_on_select(cfg:Config, exp:Path, vlm:VLM, sae, random_sets:list, task:str, # the primary binding task
                           chunks:ChunkStore|None=None) -> dict:
@@ -562,7 +428,7 @@ def ablate_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reus
         roles = ["binding"] + [r for r in CONTROL_ROLES if r in (a.control_tasks or [])]
         frames = held_out_questions(cfg, exp, roles)
         binding = frames["binding"]
-        vlm = _load_vlm(cfg, vlm)
+        vlm = open_model(cfg, vlm)
         sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=layer, device=vlm.device, expected_hook=cfg.harvest.hook)
         sae.eval()
         fr = np.asarray(stats["all_features"]["firing_rate"], float)
@@ -577,7 +443,7 @@ def ablate_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reus
                         matching["max_abs_smd"], matching["max_match_smd"])
         ma = np.full(len(fr), np.nan) if ma is None else np.asarray(ma, float)
         chosen = trivial_baselines(a.baselines, len(selected), dict(firing_rate=fr, mean_activation=ma, decoded_norm=dn), min_fr)
-        _choose_variant(vlm, binding, exp)
+        choose_variant(vlm, binding, exp)
         same_first = {}
         for role in list(frames):
             if frames[role] is not None: frames[role], same_first[role] = scorable(vlm, frames[role])
@@ -629,6 +495,24 @@ def ablate_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reus
     return run.counts
 
 # %% ../nbs/03_ablate.ipynb #6634ba04
+def knockout_candidates(vlm:VLM, df, k, # the questions; the config's knockout section
+                        qb:int, n_rows:int, store:ChunkStore, ids, # questions per group; rows per forward; resume store; g -> (true, false) ids
+                       ):
+    "The questions the unedited model answers right (at most `k.max_samples`), scored group by group before any sweep."
+    keep, n_right = [], 0
+    for a0 in tqdm(range(0, len(df), qb), desc="knockout: score", leave=False):
+        g = df.iloc[a0:a0 + qb]
+        key = chunk_name("knockout-baseline", g, 0)
+        r = store.load(key)
+        if r is None:
+            r = dict(baseline=knockout_batch(vlm, encode_questions(vlm, g, pad_at="question"), list(k.flows), [], k.window,
+                                             *ids(g), n_rows)["baseline"])
+            store.save(key, r)
+        keep.append(np.asarray(r["baseline"]["correct"]) > 0); n_right += int(keep[-1].sum())
+        if k.max_samples is not None and n_right >= k.max_samples: break
+    keep = np.concatenate(keep) if keep else np.zeros(0, bool)
+    return df.iloc[:len(keep)][keep].iloc[:k.max_samples].reset_index(drop=True)
+
 def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reuse
                  ) -> dict:
     "Step 3b: attention-knockout layer sweep on the binding test questions → results/knockout_results.json."
@@ -637,13 +521,13 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
     check_knockout_boxes(cfg)
     with step_run(cfg, exp, "knockout") as run:
         df = held_out_questions(cfg, exp)["binding"]
-        vlm = _load_vlm(cfg, vlm)
+        vlm = open_model(cfg, vlm)
         layers = list(k.layers) if k.layers is not None else list(range(vlm.n_layers))
         if any(not 0 <= l < vlm.n_layers for l in layers): raise AblationError(f"knockout.layers {layers} must lie in 0–{vlm.n_layers - 1}.")
         L = cfg.model.target_layer
         if not 0 <= L < vlm.n_layers: raise AblationError(f"model.target_layer {L} must lie in 0–{vlm.n_layers - 1}.")
         cum = {"Image->Question": list(range(L + 1))}
-        _choose_variant(vlm, df, exp)
+        choose_variant(vlm, df, exp)
         df, n_same_first = scorable(vlm, df)
         ok = positions_found(vlm, df, "question")
         df = df[ok].reset_index(drop=True)
@@ -651,25 +535,23 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
         df, n_no_box, n_cropped = object_rows(vlm, df) if needs_box else (df, 0, 0)
         labels = [(fl, l) for fl in k.flows for l in layers] + [(fl, "cumulative") for fl in cum]
         store = ChunkStore(exp, "knockout", inputs_key(cfg, exp, ["splits.csv", "feature_catalog.json"]))
-        base_all, cond_all, qids = {m: [] for m in METRICS}, {m: [] for m in METRICS}, []
         qb, n_rows = plan_batches(vlm, len(layers), k.batch_size, shared_prefix=True,
                                   max_questions=8 if str(vlm.device).startswith("cuda") else 32)
-        for a0 in tqdm(range(0, len(df), qb), desc="knockout", leave=False):
-            g = df.iloc[a0:a0 + qb]
-            key = _chunk_name("knockout", g, len(labels))
+        ids = lambda g: tuple(option_token_ids(vlm, g[c].astype(str).tolist()) for c in ("true option", "false option"))
+        sweep = knockout_candidates(vlm, df, k, qb, n_rows, store, ids) if k.filter_correct else df
+        base_all, cond_all, qids, n_swept = {m: [] for m in METRICS}, {m: [] for m in METRICS}, [], 0
+        for a0 in tqdm(range(0, len(sweep), qb), desc="knockout", leave=False):
+            g = sweep.iloc[a0:a0 + qb]
+            key = chunk_name("knockout", g, len(labels))
             r = store.load(key)
             if r is None:
-                t, f = g["true option"].astype(str).tolist(), g["false option"].astype(str).tolist()
                 batch = encode_questions(vlm, g, pad_at="question")
                 boxes = [tuple(float(v) for v in b) for b in g[BOX_COLUMNS].to_numpy()] if needs_box else None
-                kb = knockout_batch(vlm, batch, list(k.flows), layers, k.window, option_token_ids(vlm, t), option_token_ids(vlm, f),
-                                    n_rows, boxes, cumulative=cum)
-                keep = kb["baseline"]["correct"] > 0 if k.filter_correct else np.ones(len(g), bool)
-                r = dict(keep=keep, baseline={m: kb["baseline"][m][keep] for m in METRICS},
-                         conditions={m: kb["conditions"][m][keep] for m in METRICS})
+                kb = knockout_batch(vlm, batch, list(k.flows), layers, k.window, *ids(g), n_rows, boxes, cumulative=cum)
+                r = dict(baseline=kb["baseline"], conditions=kb["conditions"])
                 store.save(key, r)
             for m in METRICS: base_all[m].append(r["baseline"][m]); cond_all[m].append(r["conditions"][m])
-            qids += g["question_id"].astype(str)[np.asarray(r["keep"], bool)].tolist()
+            qids += g["question_id"].astype(str).tolist(); n_swept += len(g)
             if k.max_samples is not None and len(qids) >= k.max_samples: break
         n = len(qids) if k.max_samples is None else min(len(qids), k.max_samples)
         base = {m: np.concatenate(v)[:n] for m, v in base_all.items()}
@@ -679,7 +561,7 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
             cols = [i for i, (f_, _) in enumerate(labels) if f_ == fl and _ != "cumulative"]
             pct = cond["pct_change_pred_token_prob"][:, cols]
             dld = cond["logit_diff"][:, cols] - base["logit_diff"][:, None]
-            cis = [bootstrap_mean_ci(pct[:, j], cfg.ablation.n_bootstrap, seed=cfg.training.seed + j) for j in range(len(cols))]
+            cis = [bootstrap_ci(pct[:, j], n_bootstrap=cfg.ablation.n_bootstrap, seed=cfg.training.seed + j) for j in range(len(cols))]
             curves[fl] = dict(layers=layers, mean_pct_change=[float(v) for v in pct.mean(0)] if n else [None] * len(cols),
                               ci_low=[c[0] for c in cis], ci_high=[c[1] for c in cis],
                               mean_logit_diff_change=[float(v) for v in dld.mean(0)] if n else [None] * len(cols),
@@ -692,7 +574,7 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
             cumulative[fl] = dict(layers=ls, logit_diff_change=[float(x) for x in dld], pct_change=[float(x) for x in pct],
                                   mean_logit_diff_change=_m(dld), mean_pct_change=_m(pct))
         results = {"metadata": dict(window=int(k.window), flows=list(k.flows), n_questions=int(n), metric="pct_change_pred_token_prob",
-                                    layers=layers, filter_correct=bool(k.filter_correct), n_candidates=int(len(df)),
+                                    layers=layers, filter_correct=bool(k.filter_correct), n_candidates=int(len(df)), n_swept=int(n_swept),
                                     n_skipped=int((~ok).sum()), n_skipped_no_box=n_no_box, n_skipped_box_cropped=n_cropped,
                                     n_same_first_token=n_same_first, config_hash=config_hash(cfg), model=cfg.model.name,
                                     option_variant=vlm.option_variant, split="test", n_bootstrap=int(cfg.ablation.n_bootstrap),
@@ -702,7 +584,7 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
                    "curves": curves, "cumulative": cumulative}
         run.write_json("results/knockout_results.json", results)
         store.clear()
-        counts = dict(n_questions=int(n), n_flows=len(k.flows), n_layers=len(layers))
+        counts = dict(n_questions=int(n), n_swept=int(n_swept), n_flows=len(k.flows), n_layers=len(layers))
         run.counts = counts
     return run.counts
 

@@ -4,19 +4,18 @@
 
 # %% ../nbs/04_analyze.ipynb #b9c3d4b6
 from __future__ import annotations
-import inspect, json, logging, math, re
+import json, logging, math, re
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['log', 'METRICS', 'CONTROL_ROLES', 'READOUT_ROLE', 'BASELINES', 'CEILINGS', 'TINY', 'SPECIFICITY_FLOOR',
            'NOT_COMPARABLE_FLOOR', 'NOT_COMPARABLE_FRACTION', 'MIN_ANSWER_VALUES', 'MIN_POOL_FACTOR', 'REQUIRED_CHECKS',
-           'CONDITION_KEYS', 'PRIMARY_KEYS', 'RECORD_KEYS', 'INTERCHANGE_KEYS', 'paired_one_sided', 'd_z',
-           'clustered_bootstrap_ci', 'permutation_p', 'holm', 'relative_drop', 'specificity', 'AnalysisError',
-           'check_ablation_results', 'compare_baselines', 'answer_breakdown', 'analyze_condition', 'add_specificity',
-           'matching_check', 'verdict_checks', 'add_verdict', 'summarize_knockout', 'knockout_recovery', 'headline',
-           'build_report', 'summarize_interchange', 'interchange_headline', 'save_png', 'plot_null', 'plot_forest',
-           'plot_interchange', 'plot_knockout', 'plot_training_curves', 'analyze', 'analyze_from_config',
-           'analyze_step']
+           'CONDITION_KEYS', 'PRIMARY_KEYS', 'RECORD_KEYS', 'INTERCHANGE_KEYS', 'paired_one_sided', 'd_z', 'holm',
+           'relative_drop', 'specificity', 'AnalysisError', 'check_ablation_results', 'compare_baselines',
+           'answer_breakdown', 'analyze_condition', 'add_specificity', 'matching_check', 'verdict_checks',
+           'add_verdict', 'summarize_knockout', 'knockout_recovery', 'headline', 'build_report',
+           'summarize_interchange', 'interchange_headline', 'save_png', 'plot_null', 'plot_forest', 'plot_interchange',
+           'plot_knockout', 'plot_training_curves', 'analyze', 'analyze_from_config', 'analyze_step']
 
 # %% ../nbs/04_analyze.ipynb #aa731ab5
 import numpy as np
@@ -28,6 +27,7 @@ from .config import (UserError, Config, Baseline, PrimaryMetric, atomic_path, at
                                 resolve_experiment_dir)
 from .forward import ConditionRecord
 from .experiment import read_step_json, step_run
+from .stats import bootstrap_ci, permutation_p
 
 # %% ../nbs/04_analyze.ipynb #486f3412
 log = logging.getLogger(__name__)
@@ -83,38 +83,6 @@ def d_z(effect, # per-question effects (ablated − baseline)
     if len(e) < 2: return math.nan
     sd = e.std(ddof=1)
     return float(e.mean() / sd) if sd > 0 else math.nan
-
-# %% ../nbs/04_analyze.ipynb #8b8a7214
-_RNG_KW = "rng" if "rng" in inspect.signature(scipy.stats.bootstrap).parameters else "random_state"
-
-def _ratio_of_sums(sums, counts, axis=-1): return sums.sum(axis=axis) / counts.sum(axis=axis)
-
-def clustered_bootstrap_ci(values, # one value per question (an effect)
-                           clusters, # the question's image id
-                           n_bootstrap:int=1000, # bootstrap resamples
-                           confidence:float=0.95, # confidence level
-                           seed=0, # seed (int or tuple) of the resampling
-                           denominators=None, # one per question: the CI is of sum(values) / sum(denominators); None = 1 each (the mean)
-                          ) -> tuple[float, float]:
-    "Percentile bootstrap CI of sum(values) / sum(denominators) (the mean by default), resampling whole clusters; nan with fewer than 2 clusters."
-    v = np.asarray(values, float)
-    ids, inverse = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
-    if len(ids) < 2: return math.nan, math.nan
-    d = np.ones(len(v)) if denominators is None else np.asarray(denominators, float)
-    sums, counts = np.bincount(inverse, weights=v), np.bincount(inverse, weights=d)
-    with np.errstate(all="ignore"):
-        res = scipy.stats.bootstrap((sums, counts), _ratio_of_sums, paired=True, vectorized=True, n_resamples=n_bootstrap,
-                                    confidence_level=confidence, method="percentile", **{_RNG_KW: np.random.default_rng(seed)})
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-# %% ../nbs/04_analyze.ipynb #4c7a69e0
-def permutation_p(selected_mean_effect:float, # mean effect of the selected set
-                  random_mean_effects, # mean effect of each matched random set (same questions)
-                 ) -> float:
-    "One-sided permutation p: (1 + #{random ≤ selected}) / (1 + n_sets); nan without random sets."
-    r = np.asarray(random_mean_effects, float)
-    if len(r) == 0: return math.nan
-    return float((1 + np.sum(r <= selected_mean_effect)) / (1 + len(r)))
 
 # %% ../nbs/04_analyze.ipynb #8b57f8d3
 def holm(p_values, # p values, one per test of the family
@@ -233,12 +201,12 @@ def analyze_condition(cond:dict, # one entry of ablation_results.json "condition
                verdict_reason="no questions" if len(eff) == 0 else None)
     if len(eff) == 0: return row
     t, p = paired_one_sided(abl, base)
-    lo, hi = clustered_bootstrap_ci(eff, img, n_bootstrap, seed=seed)
+    lo, hi = bootstrap_ci(eff, img, n_bootstrap, seed=seed)
     mean_effect, mean_base = float(eff.mean()), float(base.mean())
     rnd_rel = -rnd / mean_base if mean_base > TINY else np.full(len(rnd), math.nan)
     row.update(mean_baseline=mean_base, mean_ablated=float(abl.mean()), mean_effect=mean_effect, mean_drop=-mean_effect,
                ci_low=lo, ci_high=hi, t_stat=t, p_value=p, d_z=d_z(eff), effect_size=d_z(eff),
-               permutation_p=permutation_p(mean_effect, rnd), null_mean_effect=_mean(rnd),
+               permutation_p=permutation_p(mean_effect, rnd, "less"), null_mean_effect=_mean(rnd),
                null_low=float(np.quantile(rnd, 0.025)) if len(rnd) else math.nan,
                null_high=float(np.quantile(rnd, 0.975)) if len(rnd) else math.nan,
                relative_drop=relative_drop(mean_effect, mean_base),
@@ -247,7 +215,7 @@ def analyze_condition(cond:dict, # one entry of ablation_results.json "condition
                ablated_accuracy=_mean(cond["selected"].get("correct", [])))
     if cond.get("reconstruction_only"):
         rec = np.asarray(cond["reconstruction_only"][m], float)
-        rlo, rhi = clustered_bootstrap_ci(abl - rec, img, n_bootstrap, seed=seed)
+        rlo, rhi = bootstrap_ci(abl - rec, img, n_bootstrap, seed=seed)
         row.update(reconstruction_mean_effect=float((rec - base).mean()), effect_vs_reconstruction=float((abl - rec).mean()),
                    effect_vs_reconstruction_ci_low=rlo, effect_vs_reconstruction_ci_high=rhi,
                    effect_vs_reconstruction_p=paired_one_sided(abl, rec)[1])
@@ -422,7 +390,7 @@ def knockout_recovery(cond:dict, # one entry of ablation_results.json "condition
     base = np.asarray(cond["baseline"]["logit_diff"], float)[idx]
     hurts = len(idx) and k.mean() < -TINY and -k.mean() >= min_relative_drop * abs(base.mean())
     R = float(abl.mean() / k.mean()) if hurts else math.nan  # nothing to recover when the knockout does not pass the bar
-    lo, hi = clustered_bootstrap_ci(abl, img, n_bootstrap, seed=seed, denominators=k) if math.isfinite(R) else (math.nan, math.nan)
+    lo, hi = bootstrap_ci(abl, img, n_bootstrap, seed=seed, denominators=k) if math.isfinite(R) else (math.nan, math.nan)
     return {"R": R, "ci_low": lo, "ci_high": hi, "n_questions": len(idx), "layers": cum.get("layers"), "flow": flow,
             "mean_ablation_effect": _mean(abl), "mean_knockout_effect": _mean(k)}
 

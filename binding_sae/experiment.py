@@ -4,22 +4,24 @@
 
 # %% ../nbs/17_experiment.ipynb #b0fe73c0
 from __future__ import annotations
-import json, logging, os, secrets, socket, sys, time, warnings
+import hashlib, json, logging, os, re, secrets, shutil, socket, sys, time, warnings
 from contextlib import contextmanager
 from pathlib import Path
+import numpy as np
 import pandas as pd
 
 # %% auto #0
 __all__ = ['log', 'ROLES', 'SPLITS', 'LOCK_NAME', 'TASK_KEYS', 'package_versions', 'save_config', 'check_experiment_dir',
            'prepare_experiment', 'read_step_json', 'step_done', 'mark_done', 'StepRun', 'step_run', 'FolderLockedError',
            'lock_holder', 'experiment_lock', 'ensure_world', 'role_questions', 'role_source', 'experiment_questions',
-           'questions_for', 'split_questions', 'to_rgb', 'question_images', 'question_options', 'encode_questions',
-           'open_model', 'check_model']
+           'questions_for', 'split_questions', 'held_out_questions', 'to_rgb', 'question_images', 'question_options',
+           'encode_questions', 'open_model', 'check_model', 'choose_variant', 'inputs_key', 'ChunkStore', 'chunk_name',
+           'ablate_inputs']
 
 # %% ../nbs/17_experiment.ipynb #e72e51ef
 import yaml
 from .config import (Config, ControlTask, Split, UserError, choices, UNWRITABLE_ERRNOS, not_writable, config_from_dict, config_hash, read_yaml,
-                                project_root, atomic_write_json, atomic_write_text, resolve_device)
+                                project_root, atomic_path, atomic_write_json, atomic_write_text, resolve_device)
 from .data import load_questions, split_by_image, DataError
 
 # %% ../nbs/17_experiment.ipynb #19c379bd
@@ -303,6 +305,18 @@ def split_questions(df:pd.DataFrame, split:Split, role:str="binding") -> pd.Data
         raise AssertionError(f"{role} questions of the {split} split overlap the {other} split (question or image id): the splits are broken.")
     return q
 
+# %% ../nbs/17_experiment.ipynb #411fc866
+def held_out_questions(cfg:Config, exp:Path, roles=("binding",)) -> dict:
+    "{role: test-split questions (None when a control role has none)}; asserts that no `select` question or image is among them."
+    df = experiment_questions(cfg, exp)
+    out = {}
+    for role in roles:
+        try: out[role] = split_questions(df, "test", role)
+        except UserError as e:
+            if role == "binding": raise
+            log.warning("%s", e); out[role] = None
+    return out
+
 # %% ../nbs/17_experiment.ipynb #37ca9a76
 def to_rgb(im):
     "8-bit RGB of a PIL image of any mode; 16-bit and 32-bit greyscale are scaled to 0–255, not clipped."
@@ -334,8 +348,10 @@ def encode_questions(vlm, rows:pd.DataFrame, # a slice of the question table (qu
     return vlm.encode(rows["question"].tolist(), question_images(rows["image_path"]), question_options(rows), pad_at=pad_at)
 
 # %% ../nbs/17_experiment.ipynb #07de5236
-def open_model(cfg:Config):
+def open_model(cfg:Config, vlm=None, # a loaded model to reuse: returned as it is
+              ):
     "Load the config's VLM and check `target_layer` and `d_model` against it."
+    if vlm is not None: return vlm
     from binding_sae.vlm import load_vlm
     device = resolve_device(cfg.model.device)
     path = cfg.path(cfg.model.name)
@@ -352,3 +368,81 @@ def check_model(cfg:Config, n_layers:int, d_model:int) -> None:
         raise UserError(f"model.target_layer {max(layers)} is out of range: {cfg.model.name} has layers 0–{n_layers - 1}.")
     if cfg.model.d_model is not None and cfg.model.d_model != d_model:
         raise UserError(f"model.d_model is {cfg.model.d_model} but {cfg.model.name} has residual width {d_model}: fix or remove model.d_model.")
+
+# %% ../nbs/17_experiment.ipynb #e21da141
+def choose_variant(vlm, df:pd.DataFrame, exp:Path|None=None) -> None:
+    "The option-token variant step 2 chose on `select` (from the catalog); else chosen once on the first test questions."
+    if vlm.option_variant is not None: return
+    from binding_sae.vlm import choose_option_variant
+    cat = Path(exp) / "feature_catalog.json" if exp is not None else None
+    if cat is not None and cat.is_file():
+        chosen = (json.loads(cat.read_text()).get("metadata") or {}).get("option_variant")
+        if chosen: vlm.option_variant = chosen; return
+    g = df.iloc[:16]
+    t, f = g["true option"].astype(str).tolist(), g["false option"].astype(str).tolist()
+    choose_option_variant(vlm, encode_questions(vlm, g), t, f)
+
+# %% ../nbs/17_experiment.ipynb #3d74f5ec
+def inputs_key(cfg:Config, exp_dir, files:list, # experiment files (relative paths) the results depend on
+               extra=None, # anything else they depend on (JSON-serialisable)
+              ) -> str:
+    "Short hash of the config, the bytes of `files` and `extra`: partial results are reused only for the same inputs."
+    h = hashlib.sha256(config_hash(cfg).encode())
+    for f in files:
+        p = Path(exp_dir) / f
+        h.update(f.encode() + b"\0")
+        if not p.is_file(): h.update(b"missing\0"); continue
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""): h.update(block)
+    h.update(json.dumps(extra, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+class ChunkStore:
+    "Arrays of finished question chunks under `<exp>/results/.partial/<step>-<key>/`, reloaded by a rerun of the step."
+    def __init__(self, exp_dir, step:str, key:str):
+        self.root = Path(exp_dir) / "results" / ".partial"
+        self.dir = self.root / f"{step}-{key}"
+        if self.root.is_dir():
+            for old in self.root.glob(f"{step}-*"):
+                if old != self.dir: shutil.rmtree(old, ignore_errors=True)  # another config's or other inputs': never valid again
+
+    def path(self, name:str) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", name)[:80]
+        return self.dir / f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}.npz"
+
+    def load(self, name:str) -> dict|None:
+        "The arrays saved under `name` ({'group': {key: array}} for saved dicts), or None when there are none."
+        p = self.path(name)
+        if not p.is_file(): return None
+        import zipfile
+        try:
+            with np.load(p, allow_pickle=False) as z: flat = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile): return None  # unreadable: recompute it
+        out = {}
+        for k, v in flat.items():
+            if "." in k: g, m = k.split(".", 1); out.setdefault(g, {})[m] = v
+            else: out[k] = v
+        return out
+
+    def save(self, name:str, arrays:dict) -> None:
+        "Save arrays and one level of dicts of arrays (None values are left out) atomically."
+        flat = {}
+        for k, v in arrays.items():
+            if isinstance(v, dict): flat.update({f"{k}.{m}": np.asarray(a) for m, a in v.items()})
+            elif v is not None: flat[k] = np.asarray(v)
+        with atomic_path(self.path(name)) as tmp, open(tmp, "wb") as f: np.savez(f, **flat)
+
+    def clear(self) -> None:
+        "Remove this step's partial results (and `.partial` when nothing else is left in it)."
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.root.is_dir() and not any(self.root.iterdir()): self.root.rmdir()
+
+def chunk_name(name:str, g, n_cols:int) -> str:
+    "A chunk's name in the store: the run, its questions and its column count."
+    return f"{name}#{n_cols}#" + hashlib.sha256("\n".join(g["question_id"].astype(str)).encode()).hexdigest()[:12]
+
+def ablate_inputs(exp:Path) -> list:
+    "The experiment files whose bytes step 3's numbers (ablation; the interchange adds the ablation results) depend on (besides the config)."
+    sae_files = sorted(str(p.relative_to(exp)) for p in (exp / "sae").glob("*") if p.is_file()) if (exp / "sae").is_dir() else []
+    return ["splits.csv", "feature_catalog.json", "feature_stats.json"] + sae_files
+

@@ -18,7 +18,7 @@ __all__ = ['FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'p
            'run_suffix', 'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token', 'plan_batches',
            'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout', 'segment_blocks',
            'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy', 'ConditionRecord',
-           'SetAblation']
+           'SetAblation', 'set_index', 'set_contributions']
 
 # %% ../nbs/18_forward.ipynb #9634836e
 from .config import Config, EditPosition, AblationMode, Flow, Hook, OBJECT_FLOWS
@@ -571,3 +571,23 @@ class SetAblation:
     @property
     def name(self) -> str: return f"{self.kind}|{self.mode}|{float(self.delta_scale)}"
 
+
+# %% ../nbs/18_forward.ipynb #19004765
+def set_index(sets:list, device) -> tuple[torch.Tensor, torch.Tensor]:
+    "Padded [n_sets, k_max] latent indices and a 0/1 mask of the real entries."
+    k = max([len(s) for s in sets] + [1])
+    idx = torch.zeros(len(sets), k, dtype=torch.long)
+    w = torch.zeros(len(sets), k)
+    for i, s in enumerate(sets):
+        idx[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long); w[i, :len(s)] = 1
+    return idx.to(device), w.to(device)
+
+def set_contributions(sae, f:torch.Tensor, # latents [n_pos, d_sae]
+                      sets, # feature sets (lists of ids), or their `set_index`
+                     ) -> torch.Tensor:
+    "Decoded contribution f[:, S] @ W_dec[S] of every set S: [n_sets, n_pos, d_in]."
+    idx, w = set_index(sets, f.device) if isinstance(sets, list) else sets
+    W = sae.W_dec.to(f.device)
+    coef = f[:, idx].float() * w[None]  # [n_pos, n_sets, k]
+    out = torch.einsum("psk,skd->spd", coef.to(W.dtype), W[idx])
+    return out / float(getattr(sae, "input_scale", 1.0))

@@ -13,19 +13,18 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['log', 'PAIR_COLUMNS', 'FIXED_CONDITIONS', 'InterchangeError', 'same_question_pairs', 'twin_pairs',
-           'interchange_deltas', 'interchange_batch', 'normalized_shift', 'permutation_p', 'swap_summary',
-           'interchange_condition', 'interchange_inputs', 'find_pairs', 'interchange_step']
+           'interchange_deltas', 'interchange_batch', 'normalized_shift', 'swap_summary', 'interchange_condition',
+           'interchange_inputs', 'find_pairs', 'interchange_step']
 
 # %% ../nbs/03_interchange.ipynb #69d1a22b
 from .config import Config, UserError, config_hash
-from .experiment import encode_questions, read_step_json, step_run
+from .experiment import (encode_questions, read_step_json, step_run, open_model, held_out_questions, choose_variant,
+                                    ChunkStore, inputs_key, chunk_name, ablate_inputs)
 from .data import image_paths
-from .vlm import VLM, Batch, option_token_ids
+from .vlm import VLM, Batch, option_token_ids, positions_found, scorable
 from .forward import (Prefix, SetAblation, prefix_length, run_baseline, run_conditions, metrics_numpy,
-                                 condition_positions, plan_batches)
-from .ablate import (_set_index, set_contributions, bootstrap_mean_ci, held_out_questions, scorable,
-                                positions_found, ChunkStore, inputs_key, _chunk_name, _choose_variant, _load_vlm,
-                                ablate_inputs)
+                                 condition_positions, plan_batches, set_index, set_contributions)
+from .stats import bootstrap_ci, permutation_p
 
 # %% ../nbs/03_interchange.ipynb #f64cd082
 log = logging.getLogger(__name__)
@@ -86,7 +85,7 @@ def twin_pairs(df:pd.DataFrame, # test questions of one role (with question_id)
 # %% ../nbs/03_interchange.ipynb #939cc672
 def interchange_deltas(sae, x:torch.Tensor, # base activations at the edited positions [n_pos, d_in]
                        x_cf:torch.Tensor, # the counterfactual's, at the same positions [n_pos, d_in]
-                       sets, # feature sets (lists of ids), or their `_set_index`
+                       sets, # feature sets (lists of ids), or their `set_index`
                       ) -> torch.Tensor:
     "Vector added to x at each position for each set so that the set's latents take the counterfactual's values: [n_sets, n_pos, d_in]."
     with torch.no_grad():
@@ -127,7 +126,7 @@ def interchange_batch(vlm:VLM, batch:Batch, # base questions encoded with pad_at
     cfr = run_baseline(vlm, cf, Prefix.build(vlm, cf, upto), *ids, layer=how.site)
     smr = run_baseline(vlm, same, Prefix.build(vlm, same, upto), *ids, layer=how.site) if same is not None else None
     off = prefix.upto  # where every run's recorded layer output starts (0 without a cache)
-    index, nf = _set_index(sets, sae.W_dec.device), len(FIXED_CONDITIONS)
+    index, nf = set_index(sets, sae.W_dec.device), len(FIXED_CONDITIONS)
     deltas = []
     for i, (c, o) in enumerate(zip(cols, other)):
         at = lambda run, pos: run.hidden[i, pos - off]
@@ -161,23 +160,18 @@ def normalized_shift(ld:np.ndarray, # patched logit difference [n] or [n, k]
     num = np.asarray(ld, float) - (base[:, None] if np.ndim(ld) == 2 else base)
     return num / (den[:, None] if np.ndim(ld) == 2 else den)
 
-def permutation_p(selected:float, null) -> float:
-    "(1 + #{null ≥ selected}) / (1 + #null): how often a random set does at least as well."
-    null = np.asarray(null, float)
-    return float((1 + np.sum(null >= selected)) / (1 + len(null)))
-
 def swap_summary(ld:np.ndarray, # patched logit difference per pair
                  base:np.ndarray, cf:np.ndarray|None, # the base's, and the counterfactual's (None: a same-answer control)
                  n_bootstrap:int=1000, seed:int=0) -> dict:
     "Swap rate (patched answer is the base's false option) and, with a counterfactual, the mean normalized shift, with CIs."
     sw = (np.asarray(ld, float) < 0).astype(float)
     out = dict(n_pairs=int(len(sw)), swap_rate=float(sw.mean()) if len(sw) else None,
-               swap_rate_ci=list(bootstrap_mean_ci(sw, n_bootstrap, seed)))
+               swap_rate_ci=list(bootstrap_ci(sw, n_bootstrap=n_bootstrap, seed=seed)))
     if cf is not None:
         ns = normalized_shift(ld, base, cf); ns = ns[np.isfinite(ns)]
         out.update(mean_normalized_shift=float(ns.mean()) if len(ns) else None,
                    median_normalized_shift=float(np.median(ns)) if len(ns) else None,
-                   normalized_shift_ci=list(bootstrap_mean_ci(ns, n_bootstrap, seed + 1)))
+                   normalized_shift_ci=list(bootstrap_ci(ns, n_bootstrap=n_bootstrap, seed=seed + 1)))
     return out
 
 # %% ../nbs/03_interchange.ipynb #f371290c
@@ -197,7 +191,7 @@ def interchange_condition(run:dict, # merged `interchange_batch` outputs of one 
     sw0 = (st[:, 0] < 0).astype(float)
     bl = {}
     for j, name in enumerate(baselines):  # paired over pairs: selected swapped − baseline swapped
-        lo, hi = bootstrap_mean_ci(sw0 - (bls[:, j] < 0), nb, seed + 2 + j)
+        lo, hi = bootstrap_ci(sw0 - (bls[:, j] < 0), n_bootstrap=nb, seed=seed + 2 + j)
         bl[name] = dict(swap_rate=float((bls[:, j] < 0).mean()) if len(b) else None, difference_ci=[lo, hi],
                         selected_better=lo is not None and lo > 0)
     r_swap = (rnd < 0).mean(0) if len(b) else np.zeros(rnd.shape[1])
@@ -205,8 +199,8 @@ def interchange_condition(run:dict, # merged `interchange_batch` outputs of one 
     full, other = summ(fx[:, 0]), summ(fx[:, 1])
     same_sel, same_full = summ(fx[:, 2], None, has_same), summ(fx[:, 3], None, has_same)
     has_other = cfg.ablation.position_type not in ("question", "all")  # else there are no other question positions
-    p_swap = permutation_p(sel["swap_rate"], r_swap) if len(b) else None
-    p_ns = permutation_p(sel["mean_normalized_shift"], r_ns) if len(b) and sel["mean_normalized_shift"] is not None else None
+    p_swap = permutation_p(sel["swap_rate"], r_swap, "greater") if len(b) else None
+    p_ns = permutation_p(sel["mean_normalized_shift"], r_ns, "greater") if len(b) and sel["mean_normalized_shift"] is not None else None
     pairs_ok = full["swap_rate"] is not None and full["swap_rate"] >= ic.min_full_swap
     control_ok = same_sel["swap_rate"] is not None and same_sel["swap_rate"] <= ic.max_same_flip
     beats = p_swap is not None and p_swap < ev.significance_level
@@ -298,11 +292,11 @@ def interchange_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to
                                    f"({pair_counts['source']}), fewer than interchange.min_pairs = {ic.min_pairs}: add pairs "
                                    "(a world with counterfactual twins, or more questions), lower interchange.min_pairs, "
                                    "or set interchange.enabled: false.")
-        vlm = _load_vlm(cfg, vlm)
+        vlm = open_model(cfg, vlm)
         how = SetAblation.of(cfg)
         sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=how.layer, device=vlm.device, expected_hook=how.hook)
         sae.eval()
-        _choose_variant(vlm, df, exp)
+        choose_variant(vlm, df, exp)
         pairs, n_same_first = scorable(vlm, pairs)
         ok = positions_found(vlm, pairs, how.kind)
         pairs = pairs[ok].reset_index(drop=True)
@@ -315,7 +309,7 @@ def interchange_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to
         parts = []
         for a0 in tqdm(range(0, len(pairs), qb), desc="interchange", leave=False, disable=len(pairs) <= qb):
             g = pairs.iloc[a0:a0 + qb]
-            key = _chunk_name("interchange", g, len(sets))
+            key = chunk_name("interchange", g, len(sets))
             r = store.load(key)
             if r is None:
                 t, f = g["true option"].astype(str).tolist(), g["false option"].astype(str).tolist()

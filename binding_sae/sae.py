@@ -8,12 +8,13 @@ import itertools, json, logging, math, pickle, re, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 # %% auto #0
-__all__ = ['log', 'ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAELENS_FORMAT_VERSION', 'SAEError', 'NonFiniteError', 'SAE',
-           'auxk_loss', 'TopKSAE', 'BatchTopKSAE', 'ReLUSAE', 'JumpReLUSAE', 'make_sae', 'load_shard', 'copied_ahead',
-           'ActivationBatches', 'geometric_median', 'init_from_data', 'lr_factor', 'SAETrainer', 'read_checkpoint',
-           'CheckpointWriter', 'training_steps', 'train_sae', 'sae_metrics', 'save_sae', 'load_sae',
+__all__ = ['log', 'ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAELENS_FORMAT_VERSION', 'SAEError', 'NonFiniteError', 'SAEOutput',
+           'SAE', 'auxk_loss', 'TopKSAE', 'BatchTopKSAE', 'ReLUSAE', 'JumpReLUSAE', 'make_sae', 'load_shard',
+           'copied_ahead', 'ActivationBatches', 'geometric_median', 'init_from_data', 'lr_factor', 'SAETrainer',
+           'read_checkpoint', 'CheckpointWriter', 'training_steps', 'train_sae', 'sae_metrics', 'save_sae', 'load_sae',
            'load_sae_checkpoint']
 
 # %% ../nbs/00_sae.ipynb #d03095b1
@@ -39,6 +40,11 @@ class NonFiniteError(SAEError):
     "Training met NaN/inf activations or loss; the last good checkpoint on disk is kept."
 
 # %% ../nbs/00_sae.ipynb #ace273c7
+class SAEOutput(NamedTuple):
+    "What an SAE's forward returns (it unpacks as `x_hat, f = sae(x)`)."
+    reconstruction: torch.Tensor # raw-space reconstruction (..., d_in)
+    latents: torch.Tensor # latents (..., d_sae)
+
 class SAE(nn.Module):
     "Base SAE: tied init, unit-norm decoder rows, input scale, encode/decode on raw activations."
     architecture:str = ""
@@ -95,10 +101,10 @@ class SAE(nn.Module):
         "Raw-space reconstruction of latents `f` (..., d_sae)."
         return (f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec) / self.input_scale
 
-    def forward(self, x):
-        "`(reconstruction, latents)` of raw activations `x`."
+    def forward(self, x) -> SAEOutput:
+        "`SAEOutput(reconstruction, latents)` of raw activations `x`."
         f = self.encode(x)
-        return self.decode(f), f
+        return SAEOutput(self.decode(f), f)
 
     def decoded_contribution(self,
                              f,           # latents (..., d_sae)

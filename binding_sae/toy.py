@@ -534,7 +534,8 @@ def knockout_profile(model_dir:str|Path='models/toy_llava', # checkpoint folder
                     ) -> dict:
     "Knockout sweep on fresh scenes: per flow, the mean % change of the predicted token's probability per layer and in all layers at once (correct questions)."
     from binding_sae.vlm import load_vlm, choose_option_variant, option_token_ids
-    from binding_sae.ablate import knockout_batch, bootstrap_mean_ci
+    from binding_sae.ablate import knockout_batch
+    from binding_sae.stats import bootstrap_ci
     if n < 1: raise UserError(f'--knockout_n must be at least 1, got {n}.')
     if family not in FAMILIES + SINGLE_FAMILIES:
         raise UserError(f'Unknown question family {family!r}; use one of {FAMILIES + SINGLE_FAMILIES}.')
@@ -558,7 +559,7 @@ def knockout_profile(model_dir:str|Path='models/toy_llava', # checkpoint folder
     curves = {}
     for j, fl in enumerate(flows):
         cols = pct[:, j * len(layers):(j + 1) * len(layers)]
-        cis = [bootstrap_mean_ci(cols[:, k], n_bootstrap, seed=k) for k in range(len(layers))]
+        cis = [bootstrap_ci(cols[:, k], n_bootstrap=n_bootstrap, seed=k) for k in range(len(layers))]
         curves[fl] = dict(layers=layers, mean_pct_change=[round(float(v), 3) for v in cols.mean(0)],
                           ci_low=[round(c[0], 3) for c in cis], ci_high=[round(c[1], 3) for c in cis],
                           all_layers=round(float(pct[:, len(flows) * len(layers) + j].mean()), 3))  # blocked in every layer at once

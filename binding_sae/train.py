@@ -136,7 +136,7 @@ def spliced_quality(vlm, sae, questions:pd.DataFrame, layer:int|Site, # the SAE'
     "Answer logit difference and KL at the last position with the SAE's reconstruction spliced in, vs zero-ablation."
     ld = {k: [] for k in ("clean", "sae", "zero")}; kl = {k: [] for k in ("sae", "zero")}; skipped = 0
     sae = sae.to(vlm.device)
-    recon = lambda x: sae(x.float())[0].to(x.dtype)
+    recon = lambda x: sae(x.float()).reconstruction.to(x.dtype)
     for b0 in range(0, len(questions), batch_size):
         rows = questions.iloc[b0:b0 + batch_size]
         batch = encode_questions(vlm, rows)

@@ -17,9 +17,11 @@ __all__ = ['log', 'LLAVA15_TEMPLATE', 'LLAVA_NEXT_MISTRAL_TEMPLATE', 'ATTN_IMPLE
            'ModelError', 'resolve_model_name', 'prompt_template', 'check_template', 'VLM', 'make_vlm', 'load_vlm',
            'option_spans', 'Batch', 'tokenize_prompts', 'encode', 'forward_last', 'option_variants', 'option_ids',
            'choose_option_variant', 'option_token_ids', 'last_position_metrics', 'score_logits', 'score_options',
-           'normalize_answer', 'answer_matches', 'greedy_answers', 'crop_box', 'box_patches', 'object_patches']
+           'positions_found', 'scorable', 'normalize_answer', 'answer_matches', 'greedy_answers', 'crop_box',
+           'box_patches', 'object_patches']
 
 # %% ../nbs/13_vlm.ipynb #7bb61fe0
+import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
@@ -433,6 +435,24 @@ def _extend_options(vlm, batch, cache, res, t_ids, f_ids)->dict:
         for k in range(1, len(c)): seq[i] += logp[i, k - 1, c[k]]
     seq = seq.view(-1, 2)
     return dict(true_seq_logprob=seq[:, 0], false_seq_logprob=seq[:, 1])
+
+# %% ../nbs/13_vlm.ipynb #9688a822
+def positions_found(vlm:VLM, df, kind:str) -> np.ndarray:
+    "Bool per question: the prompt has `kind` positions (text-only tokenization, no images)."
+    b = tokenize_prompts(vlm.tokenizer, vlm.template, df["question"].tolist(), vlm.image_token_count,
+                         list(zip(df["true option"].astype(str), df["false option"].astype(str))), vlm.image_token)
+    ok = np.ones(len(df), bool); ok[b.missing[kind]] = False
+    return ok
+
+# %% ../nbs/13_vlm.ipynb #392537a3
+def scorable(vlm:VLM, df) -> tuple:
+    "The rows whose true and false options start with different tokens, and how many were dropped (a counted skip)."
+    if not len(df): return df, 0
+    keep = (option_token_ids(vlm, df["true option"]) != option_token_ids(vlm, df["false option"])).numpy()
+    if not keep.all():
+        log.warning("%d questions skipped: their two options start with the same token (%s), so a first-token logit "
+                    "difference cannot tell them apart", int((~keep).sum()), vlm.option_variant)
+    return df[keep].reset_index(drop=True), int((~keep).sum())
 
 # %% ../nbs/13_vlm.ipynb #e89fc3b0
 def normalize_answer(s:str)->str:
