@@ -118,19 +118,17 @@ def main():
             p = Path(d) / f"{i}.png"; im.save(p); paths.append(str(p))
         df = qs.assign(image_path=paths)
         harvest(vlm, df, [layer], "question", Path(d) / "warm", batch_size=B, progress=False)  # a full pass: every batch shape seen once
-        if torch.cuda.is_available(): torch.cuda.synchronize()
-        t = time.perf_counter()
-        harvest(vlm, df, [layer], "question", Path(d) / "acts", batch_size=B, progress=False)
-        if torch.cuda.is_available(): torch.cuda.synchronize()
-        res["ours_end_to_end_examples_per_s"] = len(df) / (time.perf_counter() - t)
-        import functools
-        orig = T.prefetched; T.prefetched = functools.partial(orig, workers=4)  # the same with four preparing threads
-        try:
+        def harvest_rate(folder):
+            "Questions/s of one harvest of all of `df` into `folder`."
             if torch.cuda.is_available(): torch.cuda.synchronize()
             t = time.perf_counter()
-            harvest(vlm, df, [layer], "question", Path(d) / "acts_w4", batch_size=B, progress=False)
+            harvest(vlm, df, [layer], "question", Path(d) / folder, batch_size=B, progress=False)
             if torch.cuda.is_available(): torch.cuda.synchronize()
-            res["end_to_end_examples_per_s_4_threads"] = len(df) / (time.perf_counter() - t)
+            return len(df) / (time.perf_counter() - t)
+        res["ours_end_to_end_examples_per_s"] = harvest_rate("acts")
+        import functools
+        orig = T.prefetched; T.prefetched = functools.partial(orig, workers=4)  # the same with four preparing threads
+        try: res["end_to_end_examples_per_s_4_threads"] = harvest_rate("acts_w4")
         finally: T.prefetched = orig
 
         if not a.only_e2e:
@@ -143,12 +141,7 @@ def main():
                 res[f"prepare_only_examples_per_s_workers_{w}"] = len(df) / (time.perf_counter() - t)
             ready = {b0: prep(b0) for b0 in starts}
             orig, T.prefetched = T.prefetched, lambda _fn, starts, workers=1: ((b0, ready[b0]) for b0 in starts)
-            try:
-                if torch.cuda.is_available(): torch.cuda.synchronize()
-                t = time.perf_counter()
-                harvest(vlm, df, [layer], "question", Path(d) / "acts_ready", batch_size=B, progress=False)
-                if torch.cuda.is_available(): torch.cuda.synchronize()
-                res["harvest_of_prepared_batches_examples_per_s"] = len(df) / (time.perf_counter() - t)
+            try: res["harvest_of_prepared_batches_examples_per_s"] = harvest_rate("acts_ready")
             finally: T.prefetched = orig
 
     res["ratio_ours_vs_roofline"] = res["ours_examples_per_s"] / res["roofline_examples_per_s"]

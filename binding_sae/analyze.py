@@ -22,6 +22,7 @@ import numpy as np
 import scipy.stats
 from statsmodels.stats.multitest import multipletests
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from .config import (UserError, Config, Baseline, PrimaryMetric, atomic_path, atomic_write_json, choices, load_config,
                                 resolve_experiment_dir)
@@ -610,10 +611,13 @@ def plot_knockout(knockout:dict, # parsed knockout_results.json
                  ) -> Figure:
     "Attention-knockout layer curves: mean % change per flow with its CI."
     fig = _figure(6.5, 3.5); ax = fig.subplots()
+    styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]  # curves that coincide stay visible
     for i, (flow, c) in enumerate(knockout["curves"].items()):
-        ax.plot(c["layers"], c["mean_pct_change"], marker=".", color=f"C{i}", label=flow)
+        m, ls = styles[i % len(styles)]
+        ax.plot(c["layers"], c["mean_pct_change"], marker=m, ls=ls, ms=4, mfc="none", color=f"C{i}", label=flow)
         if c.get("ci_low") and c.get("ci_high"): ax.fill_between(c["layers"], c["ci_low"], c["ci_high"], color=f"C{i}", alpha=0.2)
     ax.axhline(0, color="k", lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     meta = knockout.get("metadata", {})
     ax.set_xlabel(f"layer (window {meta.get('window', '?')})")
     ax.set_ylabel(f"mean % change\n({meta.get('metric', 'pct_change_pred_token_prob')})", fontsize=8)

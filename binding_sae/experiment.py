@@ -110,10 +110,16 @@ def step_done(exp_dir, step:str, cfg:Config) -> bool:
     p = Path(exp_dir) / f"{step}.done.json"
     return p.exists() and json.loads(p.read_text()).get("config_hash") == config_hash(cfg)
 
-def mark_done(exp_dir, step:str, cfg:Config, counts:dict|None=None, wall_s:float|None=None):
-    "Record that `step` finished (config hash, versions, counts, wall time)."
+def mark_done(exp_dir, step:str, cfg:Config, counts:dict|None=None, wall_s:float|None=None, gpu_peak_gib:float|None=None):
+    "Record that `step` finished (config hash, versions, counts, wall time, and the GPU memory peak when a GPU was used)."
     return atomic_write_json(Path(exp_dir) / f"{step}.done.json", dict(
-        step=step, config_hash=config_hash(cfg), versions=package_versions(), counts=counts or {}, wall_s=wall_s))
+        step=step, config_hash=config_hash(cfg), versions=package_versions(), counts=counts or {}, wall_s=wall_s,
+        **({"gpu_peak_gib": gpu_peak_gib} if gpu_peak_gib is not None else {})))
+
+def _cuda():
+    "torch's CUDA module when this process has used a GPU, else None (torch is not imported for the question)."
+    torch = sys.modules.get("torch")
+    return torch.cuda if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
 # %% ../nbs/17_experiment.ipynb #0cd6299e
 class StepRun:
@@ -130,8 +136,11 @@ class StepRun:
 def step_run(cfg:Config, exp_dir, step:str):
     "Run a step's body: yields a `StepRun`; when the body returns, `<step>.done.json` records the config hash, versions, `counts` and wall time."
     run = StepRun(cfg, Path(exp_dir), step)
+    if (cuda := _cuda()) is not None: cuda.reset_peak_memory_stats()
     yield run
-    mark_done(run.exp, step, cfg, run.counts, round(time.time() - run.started, 3))
+    cuda = _cuda()
+    mark_done(run.exp, step, cfg, run.counts, round(time.time() - run.started, 3),
+              round(cuda.max_memory_allocated() / 2**30, 3) if cuda is not None else None)
 
 # %% ../nbs/17_experiment.ipynb #1ff52f24
 class FolderLockedError(UserError):

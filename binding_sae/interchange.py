@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['log', 'PAIR_COLUMNS', 'FIXED_CONDITIONS', 'InterchangeError', 'same_question_pairs', 'twin_pairs',
+__all__ = ['log', 'PAIR_COLUMNS', 'FIXED_CONDITIONS', 'WHOLE_QUESTION', 'InterchangeError', 'same_question_pairs', 'twin_pairs',
            'interchange_deltas', 'interchange_batch', 'normalized_shift', 'swap_summary', 'interchange_condition',
            'interchange_inputs', 'find_pairs', 'interchange_step']
 
@@ -96,6 +96,8 @@ def interchange_deltas(sae, x:torch.Tensor, # base activations at the edited pos
 # %% ../nbs/03_interchange.ipynb #13f4c7df
 FIXED_CONDITIONS = ("full_residual", "other_positions", "same_answer_selected", "same_answer_full_residual")  # besides the sets
 
+WHOLE_QUESTION = ("question", "all")  # position kinds that leave no other question positions
+
 def _other_positions(p:dict, kind:str) -> torch.Tensor:
     "The question positions that are not `kind` positions."
     q, k = p["question"], p[kind]
@@ -118,7 +120,7 @@ def interchange_batch(vlm:VLM, batch:Batch, # base questions encoded with pad_at
     kind = how.kind
     cols = [p[kind] for p in batch.positions]
     if any(len(c) == 0 for c in cols): raise InterchangeError(f"Some rows have no {kind} positions; filter them first.")
-    other = [_other_positions(p, kind) if kind not in ("question", "all") else p[kind][:0] for p in batch.positions]
+    other = [_other_positions(p, kind) if kind not in WHOLE_QUESTION else p[kind][:0] for p in batch.positions]
     union = [torch.cat([c, o]) for c, o in zip(cols, other)]
     upto = prefix_length(union)
     prefix = Prefix.build(vlm, batch, upto)
@@ -198,7 +200,7 @@ def interchange_condition(run:dict, # merged `interchange_batch` outputs of one 
     r_ns = np.nanmean(normalized_shift(rnd, b, c), 0) if len(b) else np.zeros(rnd.shape[1])
     full, other = summ(fx[:, 0]), summ(fx[:, 1])
     same_sel, same_full = summ(fx[:, 2], None, has_same), summ(fx[:, 3], None, has_same)
-    has_other = cfg.ablation.position_type not in ("question", "all")  # else there are no other question positions
+    has_other = cfg.ablation.position_type not in WHOLE_QUESTION  # else there are no other question positions
     p_swap = permutation_p(sel["swap_rate"], r_swap, "greater") if len(b) else None
     p_ns = permutation_p(sel["mean_normalized_shift"], r_ns, "greater") if len(b) and sel["mean_normalized_shift"] is not None else None
     pairs_ok = full["swap_rate"] is not None and full["swap_rate"] >= ic.min_full_swap

@@ -18,7 +18,7 @@ __all__ = ['logger', 'SPECIAL_TOKENS', 'PROMPT_TEMPLATE', 'IMAGE_SIZE', 'PATCH',
            'patch_features', 'render_pool', 'patch_labels', 'pretrain_vision', 'Sequencer', 'BatchStream',
            'fast_logits', 'answer_rows', 'question_rows', 'route_blocks', 'routed_mask', 'training_blocks', 'route_p',
            'eval_questions', 'score_questions', 'family_accuracy', 'save_toy', 'load_toy', 'toy_train',
-           'toy_eval_scores', 'toy_eval', 'knockout_profile', 'toy_train_cli', 'toy_eval_cli']
+           'toy_eval_scores', 'knockout_profile', 'toy_train_cli', 'toy_eval_cli']
 
 # %% ../nbs/14_toy.ipynb #28b478e1
 from tokenizers import Tokenizer, models as tk_models, normalizers, pre_tokenizers, processors
@@ -111,7 +111,7 @@ def _render(args):
 
 def render_pool(n:int, # number of scenes
                 seed:int, # pool seed
-                stream:str='train', # random stream (never 'world', which `make_world` and `toy_eval` use)
+                stream:str='train', # random stream (never 'world', which `make_world` and `toy_eval_scores` use)
                 workers:int=1, # processes
                 n_single:int=0, # of the `n`, this many single-object scenes (their own stream `<stream>_single`, last)
                ) -> tuple:
@@ -510,14 +510,6 @@ def toy_eval_scores(model_dir:str|Path='models/toy_llava', # checkpoint folder
     model, processor, template = load_toy(model_dir, device)
     rows, images = eval_questions(n, seed)
     return score_questions(model, processor, rows, images, template=template)
-
-def toy_eval(model_dir:str|Path='models/toy_llava', # checkpoint folder
-             n:int=2000, # fresh scenes (about 5 questions each)
-             seed:int=1, # world seed of the scenes
-             device:str='cpu', # torch device
-            ) -> dict:
-    "Accuracy per question family (true beats false option) of a saved toy LLaVA on `n` fresh scenes."
-    return family_accuracy(toy_eval_scores(model_dir, n, seed, device))
 
 # %% ../nbs/14_toy.ipynb #6e2f0b02
 KNOCKOUT_FLOWS = ('Image->Question', 'Image->Last', 'Question->Last')

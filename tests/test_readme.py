@@ -60,10 +60,10 @@ def test_organism_accuracy_equals_a_fresh_run():
     """The shortcut organism's accuracy per family, recomputed now on the CPU with the recorded command's model, scene
     count and world seed, equals the committed results file exactly (fresh scenes from a seeded generator, an fp32
     forward, and a count of true-beats-false questions: the same on every CPU run)."""
-    from binding_sae.toy import toy_eval
+    from binding_sae.toy import family_accuracy, toy_eval_scores
     rec, argv = _recorded("bench/results/toy_eval_shortcut.json")
     assert argv[:2] == ["binding-sae", "toy-eval"], argv
-    fresh = toy_eval(root / _flag(argv, "--model"), int(_flag(argv, "--n")), int(_flag(argv, "--seed")))
+    fresh = family_accuracy(toy_eval_scores(root / _flag(argv, "--model"), int(_flag(argv, "--n")), int(_flag(argv, "--seed"))))
     assert fresh == rec["output"][-1], (fresh, rec["output"][-1])
 
 
