@@ -59,7 +59,8 @@ def main():
     model = tiny_folder(work) if a.model == "tiny" else model_folder(work)
     sets = [f"model.name={model}", *world_overrides(work, a.scenes), *a.set]
     if a.model == "tiny": sets += ["model.d_model=null", "model.target_layer=1", "model.dtype=float32", "model.device=cpu"]
-    exp = work / f"exp_{a.model}_{a.scenes}"
+    import hashlib
+    exp = work / f"exp_{a.model}_{a.scenes}_{hashlib.sha1(' '.join(sets).encode()).hexdigest()[:8]}"  # other overrides, another folder
     cmd = [sys.executable, "-m", "binding_sae.cli", "run", "--config", str(CONFIG), "--experiment_dir", str(exp),
            "--engine", "direct", *[x for s in sets for x in ("--set", s)]]
     print("command:", " ".join(cmd), flush=True)
