@@ -25,7 +25,7 @@ from .experiment import experiment_questions, questions_for, open_model, encode_
 from .sae import (make_sae, train_sae, ActivationBatches, sae_metrics, save_sae, load_sae,
                              load_sae_checkpoint, load_shard)
 from .vlm import forward_last, score_logits, choose_option_variant
-from .forward import Site, capture, edit_residual
+from .forward import Site, capture, edit_residual, edit_sites
 
 # %% ../nbs/01_train.ipynb #d86065d7
 log = logging.getLogger(__name__)
@@ -132,12 +132,14 @@ def shard_paths(out_dir, layer:int) -> list[Path]:
 
 # %% ../nbs/01_train.ipynb #6a1c114b
 @torch.no_grad()
-def spliced_quality(vlm, sae, questions:pd.DataFrame, layer:int|Site, # the SAE's site (a layer number: its output)
+def spliced_quality(vlm, sae, # an SAE, or a list of them (one per site, all spliced in at once)
+                    questions:pd.DataFrame, layer:int|Site|list, # the SAE's site (a layer number: its output), or one per SAE
                     positions:PositionKind, batch_size:int=32) -> dict:
-    "Answer logit difference and KL at the last position with the SAE's reconstruction spliced in, vs zero-ablation."
+    "Answer logit difference and KL at the last position with the SAEs' reconstructions spliced in, vs zero-ablation."
     ld = {k: [] for k in ("clean", "sae", "zero")}; kl = {k: [] for k in ("sae", "zero")}; skipped = 0
-    sae = sae.to(vlm.device)
-    recon = lambda x: sae(x.float()).reconstruction.to(x.dtype)
+    saes, sites = (list(sae), list(layer)) if isinstance(sae, (list, tuple)) else ([sae], [layer])
+    saes = [s.to(vlm.device) for s in saes]
+    recons = [lambda x, s=s: s(x.float()).reconstruction.to(x.dtype) for s in saes]
     for b0 in range(0, len(questions), batch_size):
         rows = questions.iloc[b0:b0 + batch_size]
         batch = encode_questions(vlm, rows)
@@ -148,8 +150,8 @@ def spliced_quality(vlm, sae, questions:pd.DataFrame, layer:int|Site, # the SAE'
         t, f = rows["true option"].tolist(), rows["false option"].tolist()
         if vlm.option_variant is None: choose_option_variant(vlm, batch, t, f)
         clean, _ = forward_last(vlm, batch)
-        with edit_residual(vlm, layer, fn=recon, positions=pos): spliced, _ = forward_last(vlm, batch)
-        with edit_residual(vlm, layer, fn=torch.zeros_like, positions=pos): zeroed, _ = forward_last(vlm, batch)
+        with edit_sites(vlm, [(s, dict(fn=r, positions=pos)) for s, r in zip(sites, recons)]): spliced, _ = forward_last(vlm, batch)
+        with edit_sites(vlm, [(s, dict(fn=torch.zeros_like, positions=pos)) for s in sites]): zeroed, _ = forward_last(vlm, batch)
         lp = clean.log_softmax(-1)
         for name, logits in (("clean", clean), ("sae", spliced), ("zero", zeroed)):
             ld[name].append(score_logits(vlm, logits, t, f)["logit_diff"][keep].cpu())
@@ -202,7 +204,9 @@ def _train(cfg:Config, run) -> dict:
         run.write_json("sae/metrics.json", metrics)
         return metrics
     for l, m in per_layer.items(): run.write_json(f"{sae_folder(cfg, l)}/metrics.json", _metrics_order(m, h.hook))
+    saes = [load_sae(exp / sae_folder(cfg, s.layer), expected_d_in=vlm.d_model, expected_layer=s.layer, expected_hook=h.hook) for s in sites]
     metrics = {"layers": list(per_layer), **({"hook": h.hook} if h.hook != "resid_post" else {}),
+               "all_spliced": spliced_quality(vlm, saes, eval_q, sites, kind, h.batch_size),  # every layer's SAE at once
                "per_layer": {str(l): _metrics_order(m, h.hook) for l, m in per_layer.items()}}
     run.write_json("sae/metrics.json", metrics)
     return metrics
