@@ -11,7 +11,7 @@ from pathlib import Path
 __all__ = ['TOY_COMMANDS', 'show_defaults', 'build_parser', 'main']
 
 # %% ../nbs/16_cli.ipynb #8b78fb33
-from .config import UserError, load_config, resolve_experiment_dir  # light: the steps are imported when they run
+from .config import UserError, load_config, resolve_experiment_dir, target_layers  # light: the steps are imported when they run
 from .toy_recipe import toy_train_parser, toy_eval_parser  # light too: the toy commands' flags
 
 # %% ../nbs/16_cli.ipynb #a7c7ca12
@@ -31,7 +31,7 @@ def _step_args(p:argparse.ArgumentParser, engine:str="direct"):
                    "experiment.output_dir, else <experiment.output_base>/<experiment.name>)")
     p.add_argument("--experiment_dir", help="experiment folder (wins over --experiment_name)")
     p.add_argument("--force", action="store_true", help="rerun even if finished; overwrite a folder of another config")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable), e.g. harvest.hook=attn_out or model.target_layer=10-14")
     p.add_argument("--engine", choices=["direct", "papermill"], default=engine,
                    help="run the exported function (direct) or the step notebook (papermill)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON instead of the verdict summary")
@@ -103,7 +103,7 @@ def _check_config(a):
     for x in w: print(f"binding-sae: warning: {x.message}", file=sys.stderr)
     exp = resolve_experiment_dir(cfg, a.experiment_dir, a.experiment_name) if a.experiment_dir or a.experiment_name else None
     check_inputs(cfg, exp)
-    print(f"{a.config}: ok ({cfg.model.name}, layer {cfg.model.target_layer}); every input it reads exists"
+    print(f"{a.config}: ok ({cfg.model.name}, layer{'s' if len(target_layers(cfg)) > 1 else ''} {', '.join(map(str, target_layers(cfg)))}); every input it reads exists"
           + (f"; {exp} accepts it" if exp else ""))
 
 def _make_world(a):

@@ -19,9 +19,9 @@ __all__ = ['UNWRITABLE_ERRNOS', 'Architecture', 'PositionKind', 'Hook', 'EditPos
            'not_writable', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text', 'to_json', 'atomic_write_json',
            'choices', 'ModelConfig', 'SAEConfig', 'TrainingConfig', 'HarvestConfig', 'ExperimentConfig', 'WorldConfig',
            'DatasetConfig', 'FeatureIdentificationConfig', 'AblationConfig', 'KnockoutConfig', 'InterchangeConfig',
-           'EvaluationConfig', 'Config', 'schema_fields', 'out_of_range', 'project_root', 'read_yaml',
-           'config_from_dict', 'load_config', 'config_reference', 'config_hash', 'resolve_experiment_dir',
-           'resolve_device', 'resolve_dtype']
+           'EvaluationConfig', 'Config', 'schema_fields', 'out_of_range', 'parse_layers', 'target_layers',
+           'project_root', 'read_yaml', 'config_from_dict', 'load_config', 'config_reference', 'config_hash',
+           'resolve_experiment_dir', 'resolve_device', 'resolve_dtype']
 
 # %% ../nbs/10_config.ipynb #c1dc8e04
 import yaml
@@ -126,7 +126,7 @@ def choices(t) -> tuple:
 @dataclass
 class ModelConfig:
     name: str = "models/toy_llava"          # HF hub id or local folder; liuhaotian/llava-v1.5-7b maps to llava-hf/llava-1.5-7b-hf
-    target_layer: int = 2                   # decoder layer the SAE reads (its output, attention or MLP output: harvest.hook)
+    target_layer: int | list[int] | str = 2 # decoder layer the SAE reads (its output, attention or MLP output: harvest.hook); a list [10, 12] or a range "10-14": one SAE per layer
     d_model: int | None = None              # residual width; None = read from the model (checked when given)
     dtype: ModelDtype = "auto"              # weights dtype; auto = bfloat16 on cuda, float32 on cpu
     device: str = "auto"                    # auto | cpu | cuda | cuda:N
@@ -455,9 +455,30 @@ def _check_ranges(cfg:Config, src):
             if (want := out_of_range(v, rng, cfg)) is not None:
                 raise ConfigError(f"{name} in {src} must be {want}, not {v!r}: fix its value.")
 
+_RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
+
+def parse_layers(value, key:str="model.target_layer", src="<dict>") -> int | list[int]:
+    "A layer setting as stored: an int stays one layer; a list or an `A-B` range string becomes the sorted list of layers."
+    if isinstance(value, int): return value
+    if isinstance(value, str):
+        m = _RANGE.fullmatch(value)
+        if m is None or int(m[1]) > int(m[2]):
+            raise ConfigError(f"{key} in {src} is {value!r}; give one layer (12), a list ([10, 12]) or a range A-B with A ≤ B (10-14).")
+        return list(range(int(m[1]), int(m[2]) + 1))
+    if not value: raise ConfigError(f"{key} in {src} is an empty list; give at least one layer, e.g. [10, 11].")
+    if (twice := sorted({l for l in value if value.count(l) > 1})):
+        raise ConfigError(f"{key} in {src} lists layer {', '.join(map(str, twice))} more than once; give each layer once.")
+    return sorted(value)
+
+def target_layers(cfg:Config) -> list[int]:
+    "The layers a config's SAEs read, in order: `[model.target_layer]` for one layer."
+    t = cfg.model.target_layer
+    return [t] if isinstance(t, int) else list(t)
+
 def _finish(cfg:Config, src) -> Config:
     if cfg.model.name in MODEL_ALIASES:
         cfg.model.name = MODEL_ALIASES[cfg.model.name]
+    cfg.model.target_layer = parse_layers(cfg.model.target_layer, "model.target_layer", src)
     _check_ranges(cfg, src)
     fr = cfg.dataset.split_fractions
     if set(fr) != set(choices(Split)) or abs(sum(fr.values()) - 1) > 1e-6:

@@ -20,7 +20,7 @@ __all__ = ['log', 'ROLES', 'SPLITS', 'LOCK_NAME', 'TASK_KEYS', 'package_versions
 
 # %% ../nbs/17_experiment.ipynb #e72e51ef
 import yaml
-from .config import (Config, ControlTask, Split, UserError, choices, UNWRITABLE_ERRNOS, not_writable, config_from_dict, config_hash, read_yaml,
+from .config import (Config, target_layers, ControlTask, Split, UserError, choices, UNWRITABLE_ERRNOS, not_writable, config_from_dict, config_hash, read_yaml,
                                 project_root, atomic_path, atomic_write_json, atomic_write_text, resolve_device)
 from .data import load_questions, split_by_image, DataError
 
@@ -372,7 +372,7 @@ def open_model(cfg:Config, vlm=None, # a loaded model to reuse: returned as it i
 
 def check_model(cfg:Config, n_layers:int, d_model:int) -> None:
     "`UserError` when the config's layer or width does not fit the model."
-    layers = [cfg.model.target_layer] + list(cfg.harvest.layers or [])
+    layers = target_layers(cfg) + list(cfg.harvest.layers or [])
     if max(layers) >= n_layers:
         raise UserError(f"model.target_layer {max(layers)} is out of range: {cfg.model.name} has layers 0–{n_layers - 1}.")
     if cfg.model.d_model is not None and cfg.model.d_model != d_model:
@@ -452,6 +452,6 @@ def chunk_name(name:str, g, n_cols:int) -> str:
 
 def ablate_inputs(exp:Path) -> list:
     "The experiment files whose bytes step 3's numbers (ablation; the interchange adds the ablation results) depend on (besides the config)."
-    sae_files = sorted(str(p.relative_to(exp)) for p in (exp / "sae").glob("*") if p.is_file()) if (exp / "sae").is_dir() else []
+    sae_files = sorted(str(p.relative_to(exp)) for p in (exp / "sae").rglob("*") if p.is_file()) if (exp / "sae").is_dir() else []
     return ["splits.csv", "feature_catalog.json", "feature_stats.json"] + sae_files
 

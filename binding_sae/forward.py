@@ -5,7 +5,7 @@
 # %% ../nbs/18_forward.ipynb #43feaf98
 from __future__ import annotations
 import contextvars
-from contextlib import contextmanager
+from contextlib import contextmanager, ExitStack
 from dataclasses import dataclass
 from functools import partial
 from typing import TypedDict, get_args
@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'prefix_length', 'prefix_cache', 'extend_cache',
-           'run_suffix', 'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token', 'plan_batches',
-           'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout', 'segment_blocks',
-           'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy', 'ConditionRecord',
-           'SetAblation', 'set_index', 'set_contributions']
+__all__ = ['FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'edit_sites', 'prefix_length', 'prefix_cache',
+           'extend_cache', 'run_suffix', 'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token',
+           'plan_batches', 'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout',
+           'segment_blocks', 'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy',
+           'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions']
 
 # %% ../nbs/18_forward.ipynb #9634836e
-from .config import Config, EditPosition, AblationMode, Flow, Hook, OBJECT_FLOWS
+from .config import Config, target_layers, EditPosition, AblationMode, Flow, Hook, OBJECT_FLOWS
 from .vlm import (VLM, Batch, ModelError, POSITION_KINDS, last_position_metrics, object_patches, _CACHE_KW,
                              _out_cache, _kw_cache, _repeat_cache)
 
@@ -58,8 +58,16 @@ class Site:
 
     @classmethod
     def of(cls, cfg:Config) -> Site:
-        "The site a config's SAE reads (`model.target_layer`, `harvest.hook`)."
+        "The site a one-layer config's SAE reads (`model.target_layer`, `harvest.hook`)."
+        if not isinstance(cfg.model.target_layer, int):
+            raise ModelError(f"This step reads one layer, but model.target_layer is {cfg.model.target_layer}: "
+                             "run it with one layer (--set model.target_layer=L).")
         return cls(cfg.model.target_layer, cfg.harvest.hook)
+
+    @classmethod
+    def all(cls, cfg:Config) -> list[Site]:
+        "Every site a config's SAEs read, lowest layer first (one per layer of `model.target_layer`)."
+        return [cls(l, cfg.harvest.hook) for l in target_layers(cfg)]
 
     @property
     def name(self) -> str:
@@ -158,6 +166,14 @@ def edit_residual(vlm:VLM, layer:int|Site, # the site edited (a layer number: th
     try: yield
     finally:
         for h in handles: h.remove()
+
+@contextmanager
+def edit_sites(vlm:VLM, edits:list, # [(site, {fn=, positions=, delta=} as `edit_residual` takes them)], any order
+              ):
+    "Context manager: several sites edited in the same forward; a site above another reads the stream edited below it."
+    with ExitStack() as stack:
+        for site, kw in edits: stack.enter_context(edit_residual(vlm, site, **kw))
+        yield
 
 
 # %% ../nbs/18_forward.ipynb #eda6d5d4

@@ -8,7 +8,8 @@ import json, logging
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['log', 'token_index', 'prefetched', 'harvest', 'shard_paths', 'spliced_quality', 'train_step', 'import_sae']
+__all__ = ['log', 'token_index', 'prefetched', 'harvest', 'shard_paths', 'spliced_quality', 'train_step', 'sae_folder',
+           'import_sae']
 
 # %% ../nbs/01_train.ipynb #7d731f31
 import numpy as np
@@ -18,13 +19,13 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 # %% ../nbs/01_train.ipynb #7c6acce6
-from .config import Config, PositionKind, UserError, atomic_path, atomic_write_json, atomic_write_text, resolve_device, config_hash
+from .config import Config, target_layers, PositionKind, UserError, atomic_path, atomic_write_json, atomic_write_text, resolve_device, config_hash
 from .data import image_unit
 from .experiment import experiment_questions, questions_for, open_model, encode_questions, step_run, step_done
 from .sae import (make_sae, train_sae, ActivationBatches, sae_metrics, save_sae, load_sae,
                              load_sae_checkpoint, load_shard)
 from .vlm import forward_last, score_logits, choose_option_variant
-from .forward import Site, capture, edit_residual
+from .forward import Site, capture, edit_residual, edit_sites
 
 # %% ../nbs/01_train.ipynb #d86065d7
 log = logging.getLogger(__name__)
@@ -131,12 +132,14 @@ def shard_paths(out_dir, layer:int) -> list[Path]:
 
 # %% ../nbs/01_train.ipynb #6a1c114b
 @torch.no_grad()
-def spliced_quality(vlm, sae, questions:pd.DataFrame, layer:int|Site, # the SAE's site (a layer number: its output)
+def spliced_quality(vlm, sae, # an SAE, or a list of them (one per site, all spliced in at once)
+                    questions:pd.DataFrame, layer:int|Site|list, # the SAE's site (a layer number: its output), or one per SAE
                     positions:PositionKind, batch_size:int=32) -> dict:
-    "Answer logit difference and KL at the last position with the SAE's reconstruction spliced in, vs zero-ablation."
+    "Answer logit difference and KL at the last position with the SAEs' reconstructions spliced in, vs zero-ablation."
     ld = {k: [] for k in ("clean", "sae", "zero")}; kl = {k: [] for k in ("sae", "zero")}; skipped = 0
-    sae = sae.to(vlm.device)
-    recon = lambda x: sae(x.float()).reconstruction.to(x.dtype)
+    saes, sites = (list(sae), list(layer)) if isinstance(sae, (list, tuple)) else ([sae], [layer])
+    saes = [s.to(vlm.device) for s in saes]
+    recons = [lambda x, s=s: s(x.float()).reconstruction.to(x.dtype) for s in saes]
     for b0 in range(0, len(questions), batch_size):
         rows = questions.iloc[b0:b0 + batch_size]
         batch = encode_questions(vlm, rows)
@@ -147,8 +150,8 @@ def spliced_quality(vlm, sae, questions:pd.DataFrame, layer:int|Site, # the SAE'
         t, f = rows["true option"].tolist(), rows["false option"].tolist()
         if vlm.option_variant is None: choose_option_variant(vlm, batch, t, f)
         clean, _ = forward_last(vlm, batch)
-        with edit_residual(vlm, layer, fn=recon, positions=pos): spliced, _ = forward_last(vlm, batch)
-        with edit_residual(vlm, layer, fn=torch.zeros_like, positions=pos): zeroed, _ = forward_last(vlm, batch)
+        with edit_sites(vlm, [(s, dict(fn=r, positions=pos)) for s, r in zip(sites, recons)]): spliced, _ = forward_last(vlm, batch)
+        with edit_sites(vlm, [(s, dict(fn=torch.zeros_like, positions=pos)) for s in sites]): zeroed, _ = forward_last(vlm, batch)
         lp = clean.log_softmax(-1)
         for name, logits in (("clean", clean), ("sae", spliced), ("zero", zeroed)):
             ld[name].append(score_logits(vlm, logits, t, f)["logit_diff"][keep].cpu())
@@ -170,8 +173,12 @@ def train_step(cfg:Config, exp_dir) -> dict:
     "Step 1: harvest `sae_train` activations, train the SAE, write it and its quality metrics."
     with step_run(cfg, exp_dir, "train") as run: return _train(cfg, run)
 
+def sae_folder(cfg:Config, layer:int) -> str:
+    "Where a config's SAE for `layer` lives in the experiment folder: `sae/` for one layer, `sae/layer_<L>/` for several."
+    return "sae" if isinstance(cfg.model.target_layer, int) else f"sae/layer_{layer}"
+
 def _train(cfg:Config, run) -> dict:
-    "The body of `train_step`, inside its `step_run`: split, harvest, train, measure."
+    "The body of `train_step`, inside its `step_run`: split, harvest (every layer in one pass), train one SAE per layer, measure."
     exp = run.exp
     torch.manual_seed(cfg.training.seed)
     qs = questions_for(experiment_questions(cfg, exp), "sae_train", "binding")
@@ -180,15 +187,40 @@ def _train(cfg:Config, run) -> dict:
     if cfg.harvest.max_questions: train_q = train_q.head(cfg.harvest.max_questions)
     if not len(eval_q): raise UserError("The sae_train split is too small to hold out images for SAE metrics: add questions.")
     vlm = open_model(cfg)
-    layer, kind, site = cfg.model.target_layer, cfg.harvest.positions, Site.of(cfg)
-    layers = sorted(set([layer] + list(cfg.harvest.layers or [])))
-    h = cfg.harvest
+    kind, sites, h = cfg.harvest.positions, Site.all(cfg), cfg.harvest
+    layers = sorted(set(target_layers(cfg) + list(h.layers or [])))
     tr = harvest(vlm, train_q, layers, kind, exp / "activations/train", h.batch_size, h.shard_size, h.dtype, hook=h.hook)
-    ev = harvest(vlm, eval_q, [layer], kind, exp / "activations/eval", h.batch_size, h.shard_size, h.dtype, hook=h.hook)
+    ev = harvest(vlm, eval_q, [s.layer for s in sites], kind, exp / "activations/eval", h.batch_size, h.shard_size, h.dtype, hook=h.hook)
     if tr["vectors"] < cfg.training.batch_size:
         raise UserError(f"Only {tr['vectors']} activation vectors were harvested, fewer than training.batch_size "
                         f"({cfg.training.batch_size}): add questions or lower the batch size.")
-    s, t = cfg.sae, cfg.training
+    # one SAE per layer, one after the other; on a GPU the layers' SAEs could train as one batched model (stacked weights)
+    per_layer = {s.layer: _train_one(cfg, run, vlm, s, eval_q) for s in sites}
+    for m in per_layer.values(): m.update(n_train_vectors=tr["vectors"], n_train_questions=len(train_q),
+                                          n_eval_questions=len(eval_q), n_skipped_positions=tr["skipped"])
+    run.counts = dict(n_train_vectors=tr["vectors"], n_train_questions=len(train_q), n_eval_questions=len(eval_q))
+    if isinstance(cfg.model.target_layer, int):
+        metrics = _metrics_order(per_layer[cfg.model.target_layer], h.hook)
+        run.write_json("sae/metrics.json", metrics)
+        return metrics
+    for l, m in per_layer.items(): run.write_json(f"{sae_folder(cfg, l)}/metrics.json", _metrics_order(m, h.hook))
+    saes = [load_sae(exp / sae_folder(cfg, s.layer), expected_d_in=vlm.d_model, expected_layer=s.layer, expected_hook=h.hook) for s in sites]
+    metrics = {"layers": list(per_layer), **({"hook": h.hook} if h.hook != "resid_post" else {}),
+               "all_spliced": spliced_quality(vlm, saes, eval_q, sites, kind, h.batch_size),  # every layer's SAE at once
+               "per_layer": {str(l): _metrics_order(m, h.hook) for l, m in per_layer.items()}}
+    run.write_json("sae/metrics.json", metrics)
+    return metrics
+
+def _metrics_order(m:dict, hook:str) -> dict:
+    "One SAE's metrics in the order `sae/metrics.json` has always written them."
+    keys = ["n_train_vectors", "n_eval_vectors", "n_train_questions", "n_eval_questions", "n_skipped_positions", "layer"]
+    head = {k: v for k, v in m.items() if k not in keys + ["positions"]}
+    return {**head, **{k: m[k] for k in keys}, **({"hook": hook} if hook != "resid_post" else {}), "positions": m["positions"]}
+
+def _train_one(cfg:Config, run, vlm, site:Site, eval_q:pd.DataFrame) -> dict:
+    "Train, save and measure the SAE of one site on the harvested shards; its metrics."
+    exp, s, t, h, kind = run.exp, cfg.sae, cfg.training, cfg.harvest, cfg.harvest.positions
+    folder, layer = sae_folder(cfg, site.layer), site.layer
     device = resolve_device(cfg.model.device)
     sae = make_sae(s.architecture, vlm.d_model, s.n_features, seed=t.seed, k=s.k, l1_coeff=s.l1_coeff,
                    jumprelu_bandwidth=s.jumprelu_bandwidth, jumprelu_init_threshold=s.jumprelu_init_threshold)
@@ -196,20 +228,16 @@ def _train(cfg:Config, run) -> dict:
     meta = dict(model_name=cfg.model.name, layer=layer, hook_name=site.name, positions=kind,
                 dataset=str(cfg.dataset.refined_dataset), config_hash=config_hash(cfg))
     x_eval = torch.cat([load_shard(p) for p in shard_paths(exp / "activations/eval", layer)]).float()
-    if (exp / "sae_checkpoint.pt").exists() and not step_done(exp, "train", cfg):
-        _drop_stale_checkpoint(exp / "sae_checkpoint.pt", cfg)
-    history = train_sae(sae, batches, s, t, device=device, checkpoint_path=exp / "sae_checkpoint.pt",
-                        eval_batch=x_eval[:4096], metadata=meta)
-    save_sae(sae, exp / "sae", meta)
-    sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=layer, expected_hook=h.hook)
+    ckpt = exp / ("sae_checkpoint.pt" if folder == "sae" else f"sae_checkpoint_layer{layer}.pt")
+    if ckpt.exists() and not step_done(exp, "train", cfg): _drop_stale_checkpoint(ckpt, cfg)
+    history = train_sae(sae, batches, s, t, device=device, checkpoint_path=ckpt, eval_batch=x_eval[:4096], metadata=meta)
+    save_sae(sae, exp / folder, meta)
+    sae = load_sae(exp / folder, expected_d_in=vlm.d_model, expected_layer=layer, expected_hook=h.hook)
     metrics = {**sae_metrics(sae, x_eval), **spliced_quality(vlm, sae, eval_q, site, kind, h.batch_size),
-               "n_train_vectors": tr["vectors"], "n_eval_vectors": int(len(x_eval)), "n_train_questions": len(train_q),
-               "n_eval_questions": len(eval_q), "n_skipped_positions": tr["skipped"], "layer": layer,
-               **({"hook": h.hook} if h.hook != "resid_post" else {}), "positions": kind}
-    run.write_json("sae/metrics.json", metrics)
-    run.write_json("sae/history.json", history)
-    run.counts = dict(n_train_vectors=tr["vectors"], n_train_questions=len(train_q), n_eval_questions=len(eval_q))
+               "n_eval_vectors": int(len(x_eval)), "layer": layer, "positions": kind}
+    run.write_json(f"{folder}/history.json", history)
     return metrics
+
 
 # %% ../nbs/01_train.ipynb #79452d8b
 def _drop_stale_checkpoint(path:Path, cfg:Config):
