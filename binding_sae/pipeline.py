@@ -16,7 +16,7 @@ __all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'METHOD_
            'check_inputs', 'check_span', 'RunOptions', 'run_pipeline', 'run_summary']
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
-from .config import (Config, target_layers, UserError, OBJECT_FLOWS, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
+from .config import (Config, UserError, OBJECT_FLOWS, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
                                 project_root, config_from_dict, read_yaml, MODEL_ALIASES, choices)
 from .experiment import (prepare_experiment, step_done, package_versions, check_experiment_dir, experiment_lock,
                                     read_step_json)
