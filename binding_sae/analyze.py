@@ -637,11 +637,13 @@ def _history_columns(history):
 
 def plot_training_curves(history, # parsed sae/history.json: list of per-step records or dict of lists
                         ) -> Figure|None:
-    "One panel per numeric quantity of the SAE training history, against step (or tokens)."
+    "One panel per numeric quantity of the SAE training history that changes, against step (or tokens); constants go in the title."
     cols = _history_columns(history)
     xname = next((k for k in ("step", "tokens", "n_tokens") if k in cols), None)
     ys = [k for k, v in cols.items() if k != xname and k not in ("step", "tokens", "n_tokens", "epoch")
           and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v if x is not None)]
+    const = {k: v for k in ys if len(v := {x for x in cols[k] if x is not None}) == 1}  # e.g. TopK's L0, its zero sparsity
+    ys = [k for k in ys if k not in const]
     if not ys: return None
     ncol = min(3, len(ys)); nrow = math.ceil(len(ys) / ncol)
     fig = _figure(3.2 * ncol, 2.4 * nrow); axes = np.atleast_1d(fig.subplots(nrow, ncol)).ravel()
@@ -651,7 +653,8 @@ def plot_training_curves(history, # parsed sae/history.json: list of per-step re
         ax.plot([a for a, _ in pts], [b for _, b in pts], lw=1)
         ax.set_title(k, fontsize=9); ax.set_xlabel(xname or "record", fontsize=8); ax.tick_params(labelsize=7)
     for ax in axes[len(ys):]: ax.set_visible(False)
-    fig.suptitle("SAE training", fontsize=10); fig.tight_layout()
+    fixed = ", ".join(f"{k} = {next(iter(v)):.4g}" for k, v in const.items())
+    fig.suptitle("SAE training" + (f" (constant throughout: {fixed})" if fixed else ""), fontsize=10); fig.tight_layout()
     return fig
 
 # %% ../nbs/04_analyze.ipynb #9791f321
