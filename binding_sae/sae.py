@@ -430,15 +430,15 @@ class ActivationBatches:
         batches = stream(*divmod(int(cursor), self.batches_per_epoch))
         return batches if self.device is None or self.resident or self.device.type != "cuda" else copied_ahead(batches, self.device)
 
+    def _load(self, i):
+        s = self.shards[i]
+        return s if isinstance(s, torch.Tensor) else load_shard(s)
+
     def _rows(self, i):
         if self.resident:
-            if i not in self._resident:
-                s = self.shards[i]
-                self._resident[i] = (s if isinstance(s, torch.Tensor) else load_shard(s)).to(self.device)
+            if i not in self._resident: self._resident[i] = self._load(i).to(self.device)
             return self._resident[i]
-        if self._cache[0] != i:
-            s = self.shards[i]
-            self._cache = (i, s if isinstance(s, torch.Tensor) else load_shard(s))
+        if self._cache[0] != i: self._cache = (i, self._load(i))
         return self._cache[1]
 
     def _epoch(self, epoch, first_batch):
