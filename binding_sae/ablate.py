@@ -14,10 +14,10 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['log', 'POSITION_TYPES', 'MODES', 'BASELINES', 'CONTROL_ROLES', 'CEILINGS', 'RANDOM_EFFECT_SETS', 'STAT_BASELINES',
            'CEILING_EDITS', 'BOX_COLUMNS', 'AblationError', 'log_stat', 'match_quality', 'matched_random_sets',
-           'decoded_norms', 'top_latents', 'trivial_baselines', 'ablation_deltas', 'ceiling_deltas', 'ablate_batch',
-           'ablate_questions', 'per_feature_effects', 'condition_record', 'accuracy_by_option_contrast',
-           'knockout_batch', 'check_knockout_attention', 'best_random_on_select', 'ablate_step', 'knockout_candidates',
-           'knockout_step', 'check_knockout_boxes', 'object_rows']
+           'decoded_norms', 'top_latents', 'trivial_baselines', 'ceiling_deltas', 'ablate_batch', 'ablate_questions',
+           'per_feature_effects', 'condition_record', 'accuracy_by_option_contrast', 'knockout_batch',
+           'check_knockout_attention', 'best_random_on_select', 'ablate_step', 'knockout_candidates', 'knockout_step',
+           'check_knockout_boxes', 'object_rows']
 
 # %% ../nbs/03_ablate.ipynb #8c23cf97
 from .config import (Config, UserError, atomic_write_json, config_hash, EditPosition,
@@ -27,7 +27,8 @@ from .experiment import (encode_questions, read_step_json, step_run, open_model,
 from .vlm import VLM, Batch, option_token_ids, positions_found, scorable
 from .forward import (METRICS, FLOWS, ConditionRecord, SetAblation, Prefix, prefix_length, run_baseline,
                                  run_conditions, metrics_numpy, condition_positions, condition_blocks,
-                                 plan_batches, knockout, knockout_layers, flow_blocks, set_index, set_contributions)
+                                 plan_batches, knockout, knockout_layers, flow_blocks, set_index, set_contributions,
+                                 ablation_deltas, site_conditions)
 from .stats import bootstrap_ci
 
 # %% ../nbs/03_ablate.ipynb #c1138e1f
@@ -164,22 +165,6 @@ def trivial_baselines(names:list, # baseline names (`BASELINES`); best_random_on
                                    f"with firing rate >= {min_firing_rate})")
     return out
 
-# %% ../nbs/03_ablate.ipynb #628d8fce
-def ablation_deltas(sae, x:torch.Tensor, # layer activations at the edited positions [n_pos, d_in]
-                    sets, # feature sets to ablate (one condition each), or their `set_index`
-                    mode:str="residual", # residual | replace
-                    delta_scale:float=1.0, # multiple of the contribution removed (residual mode)
-                   ) -> torch.Tensor:
-    "Vector added to x at each position for each set: [n_sets, n_pos, d_in]."
-    if mode not in MODES: raise AblationError(f"ablation.mode is {mode!r}; choose residual or replace.")
-    with torch.no_grad():
-        xs = x.to(sae.W_dec.device, sae.W_dec.dtype)
-        f = sae.encode(xs)
-        contrib = set_contributions(sae, f, sets)
-        if mode == "residual": d = -float(delta_scale) * contrib
-        else: d = (sae.decode(f) - xs)[None] - contrib
-    return d.to(x.dtype)
-
 # %% ../nbs/03_ablate.ipynb #d28dae76
 def ceiling_deltas(sae, x:torch.Tensor, # layer activations at the edited positions [n_pos, d_in]
                   ) -> torch.Tensor:
@@ -203,19 +188,12 @@ def ablate_batch(vlm:VLM, batch:Batch, # questions encoded with pad_at='question
     "Baseline and per-set metrics of a batch: {'baseline': {m: [B]}, 'sets': {m: [B, n_sets]}, 'ceiling': {m: [B, 2]}, 'track': [B, len(track)]}."
     cols = [p[how.kind] for p in batch.positions]
     if any(len(c) == 0 for c in cols): raise AblationError(f"Some rows have no {how.kind} positions; filter them first (counted skip).")
-    prefix = Prefix.build(vlm, batch, prefix_length(cols))
-    base = run_baseline(vlm, batch, prefix, *ids, layer=how.site)
-    x = [base.hidden[i, c - prefix.upto] for i, c in enumerate(cols)]  # the SAE's site at the edited positions, per row
     index = set_index(sets, sae.W_dec.device)
-    deltas = [ablation_deltas(sae, xi, index, how.mode, how.delta_scale) for xi in x]  # each [n_sets, n_pos, d]
-    if ceiling: deltas = [torch.cat([d, ceiling_deltas(sae, xi)]) for d, xi in zip(deltas, x)]
-    S = base.hidden.shape[1]
-    def edit(k0, k1, seg):  # everything up to the site is the baseline's; its output plus each condition's delta goes on
-        r = k1 - k0
-        delta = torch.cat([d[k0:k1].reshape(-1, d.shape[-1]) for d in deltas])  # row-major: question, condition, position
-        return base.above(vlm, r, seg, condition_positions(cols, r, S, seg), delta, prefix.upto)
-    out = metrics_numpy(run_conditions(vlm, batch, prefix, base, deltas[0].shape[0], edit, n_rows, segments))
-    res = dict(baseline=metrics_numpy(base.metrics), sets={k: v[:, :len(sets)] for k, v in out.items()})
+    def deltas(x):  # every set of this row, then the ceilings
+        d = ablation_deltas(sae, x, index, how.mode, how.delta_scale)
+        return torch.cat([d, ceiling_deltas(sae, x)]) if ceiling else d
+    baseline, out, x = site_conditions(vlm, batch, how.site, cols, ids, deltas, n_rows, segments)
+    res = dict(baseline=baseline, sets={k: v[:, :len(sets)] for k, v in out.items()})
     if ceiling: res["ceiling"] = {k: v[:, len(sets):] for k, v in out.items()}
     if track:
         with torch.no_grad():

@@ -18,7 +18,7 @@ __all__ = ['FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'e
            'extend_cache', 'run_suffix', 'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token',
            'plan_batches', 'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout',
            'segment_blocks', 'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy',
-           'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions']
+           'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions', 'ablation_deltas', 'site_conditions']
 
 # %% ../nbs/18_forward.ipynb #9634836e
 from .config import Config, target_layers, EditPosition, AblationMode, Flow, Hook, OBJECT_FLOWS
@@ -607,3 +607,41 @@ def set_contributions(sae, f:torch.Tensor, # latents [n_pos, d_sae]
     coef = f[:, idx].float() * w[None]  # [n_pos, n_sets, k]
     out = torch.einsum("psk,skd->spd", coef.to(W.dtype), W[idx])
     return out / float(getattr(sae, "input_scale", 1.0))
+
+# %% ../nbs/18_forward.ipynb #628d8fce
+def ablation_deltas(sae, x:torch.Tensor, # layer activations at the edited positions [n_pos, d_in]
+                    sets, # feature sets to ablate (one condition each), or their `set_index`
+                    mode:str="residual", # residual | replace
+                    delta_scale:float=1.0, # multiple of the contribution removed (residual mode)
+                   ) -> torch.Tensor:
+    "Vector added to x at each position for each set: [n_sets, n_pos, d_in]."
+    if mode not in get_args(AblationMode): raise ValueError(f"ablation.mode is {mode!r}; choose residual or replace.")
+    with torch.no_grad():
+        xs = x.to(sae.W_dec.device, sae.W_dec.dtype)
+        f = sae.encode(xs)
+        contrib = set_contributions(sae, f, sets)
+        if mode == "residual": d = -float(delta_scale) * contrib
+        else: d = (sae.decode(f) - xs)[None] - contrib
+    return d.to(x.dtype)
+
+# %% ../nbs/18_forward.ipynb #4dbe5cd4
+def site_conditions(vlm:VLM, batch:Batch, site:int|Site, # the edited site (a layer number: its output)
+                    cols:list, # per row its edited positions (absolute; none empty)
+                    ids:tuple, # (true, false): first option tokens per row
+                    deltas, # x [n_pos, d] (the site's unedited output at one row's positions) -> [n_conditions, n_pos, d]
+                    n_rows:int=64, # rows (question × condition) per forward
+                    segments:bool|None=None, # force the layout (as `run_conditions`)
+                   ) -> tuple:
+    "(baseline metrics, metrics per condition {m: [B, n_conditions]}, the site's output at each row's positions)."
+    prefix = Prefix.build(vlm, batch, prefix_length(cols))
+    base = run_baseline(vlm, batch, prefix, *ids, layer=site)
+    x = [base.hidden[i, c - prefix.upto] for i, c in enumerate(cols)]
+    d = [deltas(xi) for xi in x]  # each [n_conditions, n_pos, d]
+    S = base.hidden.shape[1]
+    def edit(k0, k1, seg):  # everything up to the site is the baseline's; its output plus each condition's delta goes on
+        r = k1 - k0
+        delta = torch.cat([di[k0:k1].reshape(-1, di.shape[-1]) for di in d])  # row-major: question, condition, position
+        return base.above(vlm, r, seg, condition_positions(cols, r, S, seg), delta, prefix.upto)
+    out = metrics_numpy(run_conditions(vlm, batch, prefix, base, d[0].shape[0], edit, n_rows, segments))
+    return metrics_numpy(base.metrics), out, x
+

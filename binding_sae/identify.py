@@ -26,8 +26,10 @@ __all__ = ['log', 'GROUP_SCORES', 'IdentifyError', 'logprob_correct', 'string_co
 # %% ../nbs/02_identify.ipynb #575f87b2
 from .config import Config, UserError, atomic_write_json, config_hash
 from .experiment import experiment_questions, questions_for, split_questions, open_model, encode_questions, step_run
-from .vlm import score_options, score_logits, greedy_answers, answer_matches, option_ids, option_token_ids
-from .forward import Site, SetAblation, Prefix, capture, edit_residual, prefix_length, run_baseline, run_conditions
+from .vlm import (score_options, score_logits, greedy_answers, answer_matches, option_ids, option_token_ids,
+                             positions_found)
+from .forward import (Site, SetAblation, Prefix, capture, edit_residual, prefix_length, run_baseline, run_conditions,
+                                 plan_batches, site_conditions, ablation_deltas, set_index)
 from .sae import load_sae
 
 # %% ../nbs/02_identify.ipynb #837c3d90
@@ -187,25 +189,6 @@ def score_features(vlm, sae, questions:pd.DataFrame, # one row per question (GQA
             "n_skipped": len(questions) - len(keep), "splice_error": err}
 
 # %% ../nbs/02_identify.ipynb #935c8573
-def _set_ablate_fn(sae, base:list, # latents removed in every condition
-                   extra_of_row:torch.Tensor, # one more latent per edited vector (−1: none)
-                   mode:str="residual", # residual | replace
-                   delta_scale:float=1.0, # multiple of the contribution removed (residual mode)
-                   spare:bool=False, # the extra latent is kept: the condition is `base` without it
-                  ):
-    "Edit function removing, from each selected vector, the decoded contribution of `base` and of its own extra latent."
-    base = torch.as_tensor(list(base), dtype=torch.long)
-    def fn(x):
-        f = sae.encode(x).float()
-        c = sae.decoded_contribution(f, base.to(f.device)).float() if len(base) else torch.zeros_like(x, dtype=torch.float32)
-        e = extra_of_row.to(f.device); on = e >= 0
-        if bool(on.any()):
-            c = c.clone(); r = on.nonzero()[:, 0]
-            c[r] += (-1.0 if spare else 1.0) * (f[r, e[r]].to(sae.W_dec.dtype)[:, None] * sae.W_dec[e[r]]).float() / float(sae.input_scale)
-        new = x.float() - float(delta_scale) * c if mode == "residual" else sae.decode(f).float() - c
-        return new.to(x.dtype)
-    return fn
-
 def set_logit_diffs(vlm, sae, how:SetAblation, # where and how the sets are removed
                     batch, base:list, # latents removed in every condition
                     extra:list, # one condition per entry: `base` plus this latent (−1: `base` alone)
@@ -214,17 +197,13 @@ def set_logit_diffs(vlm, sae, how:SetAblation, # where and how the sets are remo
                     max_rows:int=32, # rows (question × condition) per forward
                    ) -> tuple:
     "(change of logit_diff [B, len(extra)], unablated logit_diff [B]) when each condition's set is removed at the `how.kind` positions."
-    rows, cols = batch.index(how.kind)
-    prefix = Prefix.build(vlm, batch, prefix_length([cols] + [p["question"] for p in batch.positions]))  # the image prefix
-    base_run = run_baseline(vlm, batch, prefix, option_token_ids(vlm, true_options), option_token_ids(vlm, false_options))
-    def edit(k0, k1, segments):  # the set recomputed from the live activation in every condition, all layers run
-        chunk = torch.tensor(list(extra[k0:k1]), dtype=torch.long, device=rows.device); c = len(chunk)
-        r = torch.cat([rows * c + k for k in range(c)]); cl = cols.repeat(c)
-        fn = _set_ablate_fn(sae, base, chunk.repeat_interleave(len(rows)), how.mode, how.delta_scale, spare)
-        return edit_residual(vlm, how.site, fn=fn, positions=(r, cl))
-    ld = run_conditions(vlm, batch, prefix, base_run, len(extra), edit, max_rows, segments=False)["logit_diff"]
-    base_ld = base_run.metrics["logit_diff"]
-    return ld - base_ld[:, None], base_ld
+    sets = [list(base) if e < 0 else [j for j in base if j != e] if spare else list(base) + [int(e)] for e in extra]
+    index = set_index(sets, sae.W_dec.device)
+    ids = (option_token_ids(vlm, true_options), option_token_ids(vlm, false_options))
+    b, m, _ = site_conditions(vlm, batch, how.site, [p[how.kind] for p in batch.positions], ids,
+                              lambda x: ablation_deltas(sae, x, index, how.mode, how.delta_scale), max_rows)
+    base_ld = torch.from_numpy(b["logit_diff"])
+    return torch.from_numpy(m["logit_diff"]) - base_ld[:, None], base_ld
 
 def patched_logit_diffs(vlm, sae, layer:int|Site, batch, kind:str, # the edited positions
                         feature_ids:list[int], true_options:list[str], false_options:list[str],
@@ -240,25 +219,25 @@ def distinct_first_tokens(vlm, true_options:list[str], false_options:list[str]) 
 
 def set_effects(vlm, sae, questions:pd.DataFrame, how:SetAblation,
                 base:list, extra:list, # conditions as in `set_logit_diffs`
-                batch_size:int=32, # questions per prefix batch
-                max_rows:int|None=None, # rows (question × condition) per forward (default: batch_size)
+                batch_size:int=32, # at most this many questions per prefix batch
+                max_rows:int|None=None, # rows (question × condition) per forward (default: planned as in step 3, `plan_batches`)
                 spare:bool=False, # conditions are `base` without each extra latent
                ) -> dict:
     "Per-question change [n, len(extra)] and baseline [n] over the questions with `how.kind` positions and distinct first option tokens."
-    change, baseline, keep = [], [], []
-    for sl in tqdm(_slices(len(questions), batch_size), desc="identify: ablate", leave=False):
-        part = questions.iloc[sl]
+    t_all, f_all = questions["true option"].astype(str).tolist(), questions["false option"].astype(str).tolist()
+    keep = np.flatnonzero(positions_found(vlm, questions, how.kind) & distinct_first_tokens(vlm, t_all, f_all)).tolist()
+    q, rows = plan_batches(vlm, len(extra), max_questions=batch_size, shared_prefix=how.kind != "all")
+    change, baseline = [], []
+    for sl in tqdm(_slices(len(keep), q), desc="identify: ablate", leave=False):
+        part = questions.iloc[keep[sl]]
         t, f = part["true option"].astype(str).tolist(), part["false option"].astype(str).tolist()
-        batch = encode_questions(vlm, part, pad_at="question")
-        ok = np.array([len(p[how.kind]) > 0 for p in batch.positions]) & distinct_first_tokens(vlm, t, f)
-        if not ok.any(): continue
-        d, b = set_logit_diffs(vlm, sae, how, batch, base, extra, t, f, spare, max_rows=max_rows or batch_size)
-        m = torch.from_numpy(ok).to(d.device)
-        change.append(d[m].cpu()); baseline.append(b[m].cpu()); keep += [sl.start + i for i in np.flatnonzero(ok)]
+        d, b = set_logit_diffs(vlm, sae, how, encode_questions(vlm, part, pad_at="question"), base, extra, t, f, spare,
+                               max_rows=max_rows or rows)
+        change.append(d); baseline.append(b)
     if not keep:
         raise IdentifyError(f"None of the {len(questions)} select questions has {how.kind!r} positions and two options "
                             "that start with different tokens: choose another ablation.position_type or other task_types.")
-    return {"change": torch.cat(change).numpy().astype(np.float64), "baseline": torch.cat(baseline).numpy().astype(np.float64),
+    return {"change": torch.cat(change).numpy(), "baseline": torch.cat(baseline).numpy(),
             "index": np.array(keep)}
 
 def verify_features(vlm, sae, questions:pd.DataFrame, layer:int|Site, feature_ids:list[int],
