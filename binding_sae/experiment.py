@@ -238,13 +238,14 @@ def ensure_world(cfg:Config) -> None:
     "Generate the synthetic world of `cfg` if its CSV does not exist yet; add the twins a world lacks when `dataset.world.counterfactuals` is on."
     w, csv = cfg.dataset.world, cfg.path(cfg.dataset.refined_dataset)
     if w is None or csv is None: return
-    from binding_sae.world import make_world, write_counterfactuals
-    if csv.exists():
-        if w.counterfactuals and csv.name == "questions.csv" and not (csv.parent / "counterfactuals.csv").exists():
-            log.info("writing the counterfactual twins of the synthetic world in %s", csv.parent)
-            write_counterfactuals(csv.parent, w.n_scenes, w.seed, strict=False)
-        return
+    from binding_sae.world import make_world, write_counterfactuals, check_world
     if csv.name != "questions.csv": raise UserError(f"dataset.refined_dataset must be <folder>/questions.csv for a generated world, not {csv}.")
+    if csv.exists():
+        check_world(csv.parent, w.n_scenes, w.seed)
+        if w.counterfactuals and not (csv.parent / "counterfactuals.csv").exists():
+            log.info("writing the counterfactual twins of the synthetic world in %s", csv.parent)
+            write_counterfactuals(csv.parent, w.n_scenes, w.seed)
+        return
     log.info("generating the synthetic world (%d scenes, seed %d) into %s", w.n_scenes, w.seed, csv.parent)
     make_world(csv.parent, w.n_scenes, w.seed, counterfactuals=w.counterfactuals)
 

@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw
 __all__ = ['logger', 'COLORS', 'SHAPES', 'FAMILIES', 'SINGLE_FAMILIES', 'IMAGE_SIZE', 'GRID', 'COUNT_WORDS', 'COLUMNS',
            'TWIN_FAMILIES', 'TWIN_KINDS', 'CF_COLUMNS', 'scene_rng', 'sample_scene', 'render_scene', 'scene_caption',
            'scene_questions', 'world_vocabulary', 'split_words', 'question_rows', 'world_scenes', 'swap_twin',
-           'same_twin', 'twin_central', 'scene_twins', 'make_world', 'write_counterfactuals', 'read_counterfactuals']
+           'same_twin', 'twin_central', 'scene_twins', 'make_world', 'write_counterfactuals', 'read_counterfactuals',
+           'check_world']
 
 # %% ../nbs/12_world.ipynb #13e38913
 from .config import UserError, atomic_path, atomic_write_text
@@ -431,4 +432,17 @@ def read_counterfactuals(questions_csv:str|Path, # a world's `questions.csv`; th
         raise UserError(f'{p} does not have the twin columns {CF_COLUMNS} (missing {missing}, unexpected {extra}): {fix}.')
     if bad := sorted(set(df.kind) - set(TWIN_KINDS)): raise UserError(f'{p} has twin kinds {bad}, not only {list(TWIN_KINDS)}: {fix}.')
     return df
+
+
+# %% ../nbs/12_world.ipynb #23c5c07d
+def check_world(out_dir:str|Path, # a world folder
+                n_scenes:int=1000, seed:int=0, # the `make_world` arguments it should have been written with
+               ) -> None:
+    "`UserError` unless `out_dir/questions.csv` is exactly what `make_world(out_dir, n_scenes, seed)` writes."
+    csv = Path(out_dir) / 'questions.csv'
+    rows = [r for _, rs, _, _ in _world(n_scenes, seed, FAMILIES, 1, 2, 4, n_scenes // 10, False) for r in rs]
+    if not csv.exists() or csv.read_bytes() != _questions_csv(rows).encode('utf-8'):
+        raise UserError(f'{csv} is not the world of n_scenes={n_scenes}, seed={seed} that this version of the generator '
+                        f'writes: delete {csv.parent} to have it generated again, or drop dataset.world from the config to '
+                        'use the CSV as it is.')
 
