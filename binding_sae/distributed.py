@@ -5,13 +5,14 @@
 # %% ../nbs/23_distributed.ipynb #f8526d34
 from __future__ import annotations
 import os, logging
+from contextlib import contextmanager
 from datetime import timedelta
 from .config import UserError
 
 # %% auto #0
-__all__ = ['log', 'TIMEOUT_ENV', 'DEFAULT_TIMEOUT_S', 'DistributedError', 'torchrun_env', 'init', 'world_size', 'rank', 'is_main',
-           'barrier', 'block', 'split', 'gather', 'run_on_main', 'record', 'all_sum', 'average_gradients', 'free_port',
-           'local_env']
+__all__ = ['log', 'TIMEOUT_ENV', 'DEFAULT_TIMEOUT_S', 'DistributedError', 'torchrun_env', 'solo', 'init', 'world_size', 'rank',
+           'is_main', 'barrier', 'block', 'split', 'gather', 'run_on_main', 'record', 'all_sum', 'average_gradients',
+           'free_port', 'local_env']
 
 # %% ../nbs/23_distributed.ipynb #223b416a
 log = logging.getLogger(__name__)
@@ -36,9 +37,19 @@ def _timeout() -> timedelta:
     try: return timedelta(seconds=float(v)) if v else timedelta(seconds=DEFAULT_TIMEOUT_S)
     except ValueError: raise DistributedError(f"{TIMEOUT_ENV}={v!r} must be a number of seconds.") from None
 
+_solo = False  # set while rank 0 works alone (`solo`): the helpers then act as in one process
+
 def _dist():
     import torch.distributed as dist
-    return dist if dist.is_available() and dist.is_initialized() else None
+    return dist if not _solo and dist.is_available() and dist.is_initialized() else None
+
+@contextmanager
+def solo():
+    "Within the block this rank acts as one process (world size 1, no collectives): for work rank 0 does alone."
+    global _solo
+    was, _solo = _solo, True
+    try: yield
+    finally: _solo = was
 
 def init(device:str="cpu", # the config's compute device (cpu, cuda, cuda:N, auto): NCCL for a GPU, gloo for the CPU
         ) -> int:
@@ -107,7 +118,8 @@ def run_on_main(fn, what:str="this step"):
     group = _patient_group()
     box = [None]
     if d.get_rank() == 0:
-        try: box = [("ok", fn())]
+        try:
+            with solo(): box = [("ok", fn())]
         except BaseException as e:
             d.broadcast_object_list([("error", f"{type(e).__name__}: {e}")], src=0, group=group)
             raise
