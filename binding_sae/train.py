@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_train.ipynb #d156f2df
 from __future__ import annotations
-import json, logging
+import json, logging, shutil
 from pathlib import Path
 
 # %% auto #0
@@ -84,6 +84,7 @@ def _harvest_here(vlm, questions, layers, positions, out_dir, batch_size, shard_
     prog = json.loads(prog_path.read_text()) if prog_path.exists() else {}
     if prog.get("settings") != settings:  # another run's harvest (only reachable after --force): start over
         for f in [*out.rglob("*.safetensors"), *out.glob("index*.csv")]: f.unlink()
+        if (out / "ranks").is_dir(): shutil.rmtree(out / "ranks")  # what ranks of a cut-off launch left
         prog = dict(settings=settings, questions_done=0, shards=0, vectors=0, skipped=0)
     if prog.get("complete"): return prog
     buf, idx_rows, skipped = {l: [] for l in layers}, [], prog["skipped"]
@@ -162,7 +163,6 @@ def _harvest_ranks(vlm, questions, layers, positions, out_dir, batch_size, shard
 
 def _merge_ranks(out:Path, settings:dict, ids:list, layers, batch_size:int, shard_size:int) -> dict:
     "Rank 0: the ranks' shards, streamed in rank order, re-cut after the batches where one process closes a shard."
-    import shutil
     batch_of = {q: i // batch_size for i, q in enumerate(ids)}
     parts = sorted((out / "ranks").glob("rank*"), key=lambda p: int(p.name[4:]))
     progs = [json.loads((p / "progress.json").read_text()) for p in parts]
