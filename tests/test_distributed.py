@@ -37,7 +37,6 @@ def test_two_ranks_match_one(tmp_path):
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a), sorted(k for k in a if a.get(k) != b.get(k))
     assert not (two / "activations/train/ranks").exists()
     wa, wb = load_file(one / "sae/sae_weights.safetensors"), load_file(two / "sae/sae_weights.safetensors")
-    print({k: float((wb[k] - wa[k]).abs().max()) for k in wa})
     for k in wa: torch.testing.assert_close(wb[k], wa[k], rtol=1e-6, atol=1e-6, msg=lambda m: f"{k}: {m}")
     done = json.loads((two / "train.done.json").read_text())
     assert done["distributed"]["world_size"] == 2 and set(done["distributed"]["ranks"]) == {"0", "1"}
