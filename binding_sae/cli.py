@@ -115,8 +115,10 @@ def _prepare_gqa(a):
     print(prepare_gqa(a.questions, a.scene_graphs, a.task, a.out, a.max_questions, a.seed))
 
 def _finish(a, m:dict) -> None:
-    "Print what a step command ends with: the verdict summary, or the manifest with --json."
+    "Print what a step command ends with: the verdict summary, or the manifest with --json (rank 0 alone under torchrun)."
     from binding_sae.pipeline import run_summary
+    from binding_sae.distributed import is_main
+    if not is_main(): return
     if a.json: return print(json.dumps(m, indent=2, sort_keys=True))
     cfg = load_config(a.config, _overrides(a.set))
     print(run_summary(cfg, resolve_experiment_dir(cfg, a.experiment_dir, a.experiment_name)))

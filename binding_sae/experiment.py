@@ -23,6 +23,7 @@ import yaml
 from .config import (Config, target_layers, ControlTask, Split, UserError, choices, UNWRITABLE_ERRNOS, not_writable, config_from_dict, config_hash, read_yaml,
                                 project_root, atomic_path, atomic_write_json, atomic_write_text, resolve_device)
 from .data import load_questions, split_by_image, DataError
+from . import distributed as D
 
 # %% ../nbs/17_experiment.ipynb #19c379bd
 log = logging.getLogger(__name__)
@@ -110,11 +111,14 @@ def step_done(exp_dir, step:str, cfg:Config) -> bool:
     p = Path(exp_dir) / f"{step}.done.json"
     return p.exists() and json.loads(p.read_text()).get("config_hash") == config_hash(cfg)
 
-def mark_done(exp_dir, step:str, cfg:Config, counts:dict|None=None, wall_s:float|None=None, gpu_peak_gib:float|None=None):
+def mark_done(exp_dir, step:str, cfg:Config, counts:dict|None=None, wall_s:float|None=None, gpu_peak_gib:float|None=None,
+              distributed:dict|None=None, # under torchrun: `{world_size, ranks: {rank: what it did}}` (`binding_sae.distributed.record`)
+             ):
     "Record that `step` finished (config hash, versions, counts, wall time, and the GPU memory peak when a GPU was used)."
     return atomic_write_json(Path(exp_dir) / f"{step}.done.json", dict(
         step=step, config_hash=config_hash(cfg), versions=package_versions(), counts=counts or {}, wall_s=wall_s,
-        **({"gpu_peak_gib": gpu_peak_gib} if gpu_peak_gib is not None else {})))
+        **({"gpu_peak_gib": gpu_peak_gib} if gpu_peak_gib is not None else {}),
+        **({"distributed": distributed} if distributed else {})))
 
 def _cuda():
     "torch's CUDA module when this process has used a GPU, else None (torch is not imported for the question)."
@@ -126,11 +130,12 @@ class StepRun:
     "A step in progress: its config, folder and name, the `counts` it reports, and `write_json` for its outputs."
     def __init__(self, cfg:Config, exp:Path, step:str):
         self.cfg, self.exp, self.step, self.counts, self.started = cfg, exp, step, {}, time.time()
+        self.work = {}  # what this rank did, recorded per rank in <step>.done.json under torchrun
 
     def write_json(self, name, # path inside the experiment folder, e.g. "results/ablation_results.json"
                    obj):
-        "Write `obj` as canonical JSON to `<exp>/<name>` atomically; returns the path."
-        return atomic_write_json(self.exp / name, obj)
+        "Write `obj` as canonical JSON to `<exp>/<name>` atomically (rank 0 alone under torchrun); returns the path."
+        return atomic_write_json(self.exp / name, obj) if D.is_main() else self.exp / name
 
 @contextmanager
 def step_run(cfg:Config, exp_dir, step:str):
@@ -139,8 +144,9 @@ def step_run(cfg:Config, exp_dir, step:str):
     if (cuda := _cuda()) is not None: cuda.reset_peak_memory_stats()
     yield run
     cuda = _cuda()
-    mark_done(run.exp, step, cfg, run.counts, round(time.time() - run.started, 3),
-              round(cuda.max_memory_allocated() / 2**30, 3) if cuda is not None else None)
+    rec = D.record(run.work)  # every rank takes part; None in one process
+    if D.is_main(): mark_done(run.exp, step, cfg, run.counts, round(time.time() - run.started, 3),
+                              round(cuda.max_memory_allocated() / 2**30, 3) if cuda is not None else None, rec)
 
 # %% ../nbs/17_experiment.ipynb #1ff52f24
 class FolderLockedError(UserError):

@@ -18,6 +18,7 @@ __all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'METHOD_
 # %% ../nbs/15_pipeline.ipynb #66e69adf
 from .config import (Config, UserError, OBJECT_FLOWS, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
                                 project_root, config_from_dict, read_yaml, MODEL_ALIASES, choices)
+from . import distributed as D
 from .experiment import (prepare_experiment, step_done, package_versions, check_experiment_dir, experiment_lock,
                                     read_step_json)
 
@@ -279,36 +280,50 @@ def run_pipeline(config_path, # YAML config
     if o.dry_run:
         return dict(config=str(config_path), experiment_dir=str(exp), config_hash=config_hash(cfg),
                     steps=[s.name for s in todo], engine=o.engine, dry_run=True)
+    if D.init(cfg.model.device) > 1:  # under torchrun: every rank runs this; rank 0 alone holds the lock and writes the folder
+        if o.engine == "papermill": log.info("under torchrun the steps run in this process (engine direct)"); o = replace(o, engine="direct")
+        if not D.is_main():
+            D.barrier()  # rank 0 has prepared the folder
+            return _run_steps(cfg, exp, todo, o)
     with experiment_lock(exp, command):
         return _run_locked(cfg, exp, todo, o, overrides)
 
 def _run_locked(cfg:Config, exp:Path, todo:list, o:RunOptions, overrides) -> dict:
     prepare_experiment(cfg, exp, force=o.force)
+    D.barrier()  # the other ranks wait for the folder (nothing to wait for in one process)
     if o.sae_checkpoint is not None:
         from binding_sae.train import import_sae
-        import_sae(cfg, exp, o.sae_checkpoint)
+        with D.solo(): import_sae(cfg, exp, o.sae_checkpoint)  # rank 0 alone (the others wait in `_run_steps`)
         for later in ("identify", "ablate", "knockout", "interchange", "analyze", "visualize"):  # they described the previous SAE
             (exp / f"{later}.done.json").unlink(missing_ok=True)
+    return _run_steps(cfg, exp, todo, o, overrides)
+
+def _run_steps(cfg:Config, exp:Path, todo:list, o:RunOptions, overrides=None) -> dict:
+    "The steps, in order; under torchrun train is data parallel and the others run on rank 0 while the rest wait."
     manifest = _read_manifest(exp, cfg)
+    if D.world_size() > 1: manifest["distributed"] = D.record({"rank": D.rank()})
+    finished = D.run_on_main(lambda: [s.name for s in todo if step_done(exp, s.name, cfg)])  # decided once, for every rank
     for step in todo:
-        if step_done(exp, step.name, cfg) and not o.force:
+        if step.name in finished and not o.force:
             log.info("step %s already finished with this config: skipped", step.name)
             manifest["steps"][step.name] = {**manifest["steps"].get(step.name, {}), "status": "skipped"}
             continue
         t0 = time.time()
         log.info("step %d: %s", step.number, step.name)
         try:
-            if o.engine == "direct": _call(step.function, cfg, exp)
-            else: _run_papermill(step, cfg, exp, overrides or {})
+            if o.engine != "direct": _run_papermill(step, cfg, exp, overrides or {})
+            elif step.name == "train" or D.world_size() == 1: _call(step.function, cfg, exp)  # every rank takes part in train
+            else: D.run_on_main(lambda: _call(step.function, cfg, exp), f"step {step.name}")
+            rec = D.record({"did": "its share" if step.name == "train" else "the step" if D.is_main() else "waited for rank 0"})
         except BaseException as e:
             manifest["steps"][step.name] = {"status": "failed", "wall_s": round(time.time() - t0, 3), "error": str(e),
                                             "config_hash": config_hash(cfg)}
-            atomic_write_json(exp / "manifest.json", manifest)
+            if D.is_main(): atomic_write_json(exp / "manifest.json", manifest)
             raise
         manifest["steps"][step.name] = {"status": "done", "wall_s": round(time.time() - t0, 3), "engine": o.engine,
-                                        "config_hash": config_hash(cfg)}
-        atomic_write_json(exp / "manifest.json", manifest)
-    atomic_write_json(exp / "manifest.json", manifest)
+                                        "config_hash": config_hash(cfg), **({"distributed": rec} if rec else {})}
+        if D.is_main(): atomic_write_json(exp / "manifest.json", manifest)
+    if D.is_main(): atomic_write_json(exp / "manifest.json", manifest)
     return manifest
 
 def _read_manifest(exp:Path, cfg:Config) -> dict:

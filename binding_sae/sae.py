@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 # %% ../nbs/00_sae.ipynb #a05683a0
 from .config import UserError, Architecture, SAEConfig, TrainingConfig, atomic_path, atomic_write_json, resolve_device
+from . import distributed as ddp
 
 # %% ../nbs/00_sae.ipynb #0277d9f3
 log = logging.getLogger(__name__)
@@ -532,27 +533,38 @@ class SAETrainer:
         sae = self.sae
         x = x.to(self.device, non_blocking=True).float()
         self._bad_x |= ~torch.isfinite(x).all()
+        B = x.shape[0]
+        part = x[ddp.block(B).start:ddp.block(B).stop] if ddp.world_size() > 1 else x  # data parallel: this rank's rows of the batch
         for g in self.opt.param_groups: g["lr"] = self.lr * lr_factor(self.step_count, self.n_steps, self.warmup_steps, self.decay_fraction)
         with torch.enable_grad():
-            with self._autocast(): out = self.loss_fn(x, self.dead_mask(), self.auxk_k, self.auxk_coeff)
+            with self._autocast(): out = self.loss_fn(part, self.dead_mask(), self.auxk_k, self.auxk_coeff)
             self._bad_loss |= ~torch.isfinite(out["loss"])
             self.opt.zero_grad(set_to_none=True)
             out["loss"].backward()
         with torch.no_grad():
+            if ddp.world_size() > 1: self._all_reduce(out, len(part), B)
             W = sae.W_dec
             if W.grad is not None: W.grad.addcmul_(torch.einsum("ij,ij->i", W.grad, W).unsqueeze(1), W, value=-1)
             if self.grad_clip: torch.nn.utils.clip_grad_norm_(sae.parameters(), self.grad_clip)
             self.opt.step()
             W /= W.norm(dim=1, keepdim=True)
             fired = out["fire_counts"] > 0
-            sae.tokens_since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
-            sae.tokens_seen.add_(x.shape[0])
-        self._tokens_seen += x.shape[0]
+            sae.tokens_since_fired.add_(B).masked_fill_(fired, 0)
+            sae.tokens_seen.add_(B)
+        self._tokens_seen += B
         self.step_count += 1
         return {k: out[k].detach() for k in ("loss", "mse", "sparsity", "auxk", "fvu", "l0")}
 
+    def _all_reduce(self, out:dict, n:int, B:int):
+        "Under torchrun: the global batch's gradient, firing counts and (rank-averaged) loss terms on every rank."
+        ddp.average_gradients(self.sae.parameters(), n, B)
+        ddp.all_sum(out["fire_counts"])
+        terms = ddp.all_sum(torch.stack([out[k].detach().float() for k in _LOGGED]) * (n / B))
+        for k, v in zip(_LOGGED, terms): out[k] = v
+
     def check_finite(self, where:str=""):
         "Raise `NonFiniteError` if any batch or loss since the start was NaN/inf."
+        if ddp.world_size() > 1: flags = ddp.all_sum(torch.stack([self._bad_x, self._bad_loss]).int()); self._bad_x, self._bad_loss = flags[0] > 0, flags[1] > 0
         if bool(self._bad_x): raise NonFiniteError(f"Activations contain NaN or inf {where}; check the harvested shards (the last good checkpoint is kept).")
         if bool(self._bad_loss): raise NonFiniteError(f"The SAE loss became NaN or inf {where}; lower training.learning_rate or check the activations (the last good checkpoint is kept).")
 
@@ -722,7 +734,7 @@ def train_sae(sae:SAE,
                     row.update(eval_fvu=m["fvu"], eval_l0=m["l0"])
                 st.history.append(row)
                 st.acc, st.acc_n = _zeros(tr.device), 0
-            if ckpt_now: _save_checkpoint(st, tr, settings, metadata, writer)
+            if ckpt_now and ddp.is_main(): _save_checkpoint(st, tr, settings, metadata, writer)  # one writer under torchrun
             if s >= n_steps: break
     finally: writer.close()
     bar.close()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_train.ipynb #d156f2df
 from __future__ import annotations
-import json, logging
+import json, logging, shutil
 from pathlib import Path
 
 # %% auto #0
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 # %% ../nbs/01_train.ipynb #7c6acce6
 from .config import Config, target_layers, PositionKind, UserError, atomic_path, atomic_write_json, atomic_write_text, resolve_device, config_hash
 from .data import image_unit
+from . import distributed as D
 from .experiment import experiment_questions, questions_for, open_model, encode_questions, step_run, step_done
 from .sae import (make_sae, train_sae, ActivationBatches, sae_metrics, save_sae, load_sae,
                              load_sae_checkpoint, load_shard)
@@ -65,16 +66,25 @@ def harvest(vlm, # a loaded `binding_sae.vlm.VLM`
             progress:bool=True,
             hook:str="resid_post", # the site of each layer: its output, attention output or MLP output (`Site`)
            ) -> dict:
-    "Harvest the vectors at `positions` of each layer's `hook` site; resumable; returns counts."
+    "Harvest the vectors at `positions` of each layer's `hook` site; resumable; returns counts. Under torchrun each rank harvests its share."
+    if D.world_size() > 1: return _harvest_ranks(vlm, questions, layers, positions, out_dir, batch_size, shard_size, dtype, progress, hook)
+    return _harvest_here(vlm, questions, layers, positions, out_dir, batch_size, shard_size, dtype, progress, hook)
+
+def _settings(vlm, ids, layers, positions, dtype, batch_size, shard_size, hook) -> dict:
+    return dict(model=vlm.name, template=vlm.template, layers=list(layers), positions=positions, dtype=dtype,
+                batch_size=batch_size, shard_size=shard_size, questions=_hash(ids),
+                **({"hook": hook} if hook != "resid_post" else {}))  # harvests written before hooks existed stay valid
+
+def _harvest_here(vlm, questions, layers, positions, out_dir, batch_size, shard_size, dtype, progress, hook) -> dict:
+    "The harvest in this process alone."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     prog_path = out / "progress.json"
     ids = questions.question_id.astype(str).tolist()
-    settings = dict(model=vlm.name, template=vlm.template, layers=list(layers), positions=positions, dtype=dtype,
-                    batch_size=batch_size, shard_size=shard_size, questions=_hash(ids),
-                    **({"hook": hook} if hook != "resid_post" else {}))  # harvests written before hooks existed stay valid
+    settings = _settings(vlm, ids, layers, positions, dtype, batch_size, shard_size, hook)
     prog = json.loads(prog_path.read_text()) if prog_path.exists() else {}
     if prog.get("settings") != settings:  # another run's harvest (only reachable after --force): start over
         for f in [*out.rglob("*.safetensors"), *out.glob("index*.csv")]: f.unlink()
+        if (out / "ranks").is_dir(): shutil.rmtree(out / "ranks")  # what ranks of a cut-off launch left
         prog = dict(settings=settings, questions_done=0, shards=0, vectors=0, skipped=0)
     if prog.get("complete"): return prog
     buf, idx_rows, skipped = {l: [] for l in layers}, [], prog["skipped"]
@@ -129,6 +139,54 @@ def _write_index(out:Path, prog:dict):
 def shard_paths(out_dir, layer:int) -> list[Path]:
     "The shards of one layer, in order."
     return sorted((Path(out_dir) / f"layer{layer}").glob("shard_*.safetensors"))
+
+# %% ../nbs/01_train.ipynb #b7e0f412
+def _harvest_ranks(vlm, questions, layers, positions, out_dir, batch_size, shard_size, dtype, progress, hook) -> dict:
+    "Each rank harvests a contiguous block of whole batches into `ranks/rank<r>/`; rank 0 re-cuts them into one process's shards."
+    import math
+    out, ids = Path(out_dir), questions.question_id.astype(str).tolist()
+    settings = _settings(vlm, ids, layers, positions, dtype, batch_size, shard_size, hook)
+    def finished():
+        out.mkdir(parents=True, exist_ok=True)
+        prog = json.loads((out / "progress.json").read_text()) if (out / "progress.json").exists() else {}
+        if prog.get("settings") == settings and prog.get("complete"): return prog
+        if prog.get("settings") != settings:  # another run's merged harvest: start over (the ranks' folders check their own)
+            for f in [*out.glob("layer*/*.safetensors"), *out.glob("index*.csv")]: f.unlink()
+        return None
+    if (done := D.run_on_main(finished, "the harvest")) is not None: return done
+    b = D.block(math.ceil(len(questions) / batch_size))
+    mine = questions.iloc[b.start * batch_size:b.stop * batch_size]
+    if len(mine): _harvest_here(vlm, mine, layers, positions, out / "ranks" / f"rank{D.rank()}", batch_size, shard_size, dtype,
+                                progress and D.is_main(), hook)
+    D.barrier()
+    return D.run_on_main(lambda: _merge_ranks(out, settings, ids, layers, batch_size, shard_size), "the harvest")
+
+def _merge_ranks(out:Path, settings:dict, ids:list, layers, batch_size:int, shard_size:int) -> dict:
+    "Rank 0: the ranks' shards, streamed in rank order, re-cut after the batches where one process closes a shard."
+    batch_of = {q: i // batch_size for i, q in enumerate(ids)}
+    parts = sorted((out / "ranks").glob("rank*"), key=lambda p: int(p.name[4:]))
+    progs = [json.loads((p / "progress.json").read_text()) for p in parts]
+    skipped = sum(pp["skipped"] for pp in progs)
+    prog = dict(settings=settings, questions_done=0, shards=0, vectors=0, skipped=0)
+    buf, idx_rows, pending = {l: [] for l in layers}, [], 0
+    for p, pp in zip(parts, progs):
+        for k in range(pp["shards"]):
+            idx = pd.read_csv(p / f"index_{k:05d}.csv", dtype=str, keep_default_na=False)
+            xs = {l: load_shard(p / f"layer{l}" / f"shard_{k:05d}.safetensors") for l in layers}
+            bs = idx.question_id.map(batch_of).to_numpy()
+            cuts = (np.flatnonzero(np.diff(bs)) + 1).tolist()
+            for lo, hi in zip([0, *cuts], [*cuts, len(bs)]):  # one batch at a time, as one process appends them
+                for l in layers: buf[l].append(xs[l][lo:hi])
+                idx_rows.append(idx.iloc[lo:hi]); pending += hi - lo
+                if pending >= shard_size:
+                    prog = _write_shard(out, prog, layers, buf, idx_rows, min((int(bs[lo]) + 1) * batch_size, len(ids)), skipped)
+                    buf, idx_rows, pending = {l: [] for l in layers}, [], 0
+    prog = _write_shard(out, prog, layers, buf, idx_rows, len(ids), skipped)
+    prog["complete"] = True
+    atomic_write_json(out / "progress.json", prog)
+    _write_index(out, prog)
+    shutil.rmtree(out / "ranks")
+    return prog
 
 # %% ../nbs/01_train.ipynb #6a1c114b
 @torch.no_grad()
@@ -191,6 +249,9 @@ def _train(cfg:Config, run) -> dict:
     layers = sorted(set(target_layers(cfg) + list(h.layers or [])))
     tr = harvest(vlm, train_q, layers, kind, exp / "activations/train", h.batch_size, h.shard_size, h.dtype, hook=h.hook)
     ev = harvest(vlm, eval_q, [s.layer for s in sites], kind, exp / "activations/eval", h.batch_size, h.shard_size, h.dtype, hook=h.hook)
+    n_batches = -(-len(train_q) // h.batch_size)
+    run.work = dict(harvest_train_batches=[D.block(n_batches).start, D.block(n_batches).stop],  # this rank's share (torchrun)
+                    sae_rows_per_batch=len(D.block(cfg.training.batch_size)))
     if tr["vectors"] < cfg.training.batch_size:
         raise UserError(f"Only {tr['vectors']} activation vectors were harvested, fewer than training.batch_size "
                         f"({cfg.training.batch_size}): add questions or lower the batch size.")
@@ -229,9 +290,11 @@ def _train_one(cfg:Config, run, vlm, site:Site, eval_q:pd.DataFrame) -> dict:
                 dataset=str(cfg.dataset.refined_dataset), config_hash=config_hash(cfg))
     x_eval = torch.cat([load_shard(p) for p in shard_paths(exp / "activations/eval", layer)]).float()
     ckpt = exp / ("sae_checkpoint.pt" if folder == "sae" else f"sae_checkpoint_layer{layer}.pt")
-    if ckpt.exists() and not step_done(exp, "train", cfg): _drop_stale_checkpoint(ckpt, cfg)
+    if ckpt.exists() and not step_done(exp, "train", cfg) and D.is_main(): _drop_stale_checkpoint(ckpt, cfg)
+    D.barrier()  # under torchrun: every rank resumes from the checkpoint rank 0 kept
     history = train_sae(sae, batches, s, t, device=device, checkpoint_path=ckpt, eval_batch=x_eval[:4096], metadata=meta)
-    save_sae(sae, exp / folder, meta)
+    if D.is_main(): save_sae(sae, exp / folder, meta)
+    D.barrier()
     sae = load_sae(exp / folder, expected_d_in=vlm.d_model, expected_layer=layer, expected_hook=h.hook)
     metrics = {**sae_metrics(sae, x_eval), **spliced_quality(vlm, sae, eval_q, site, kind, h.batch_size),
                "n_eval_vectors": int(len(x_eval)), "layer": layer, "positions": kind}
