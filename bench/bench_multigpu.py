@@ -17,7 +17,7 @@ writes the JSON to `--out` (default bench/results/multigpu.json, or multigpu_cpu
 does not split across ranks yet (it runs on rank 0), so it is not measured here. NCCL's settings (NCCL_NVLS_ENABLE
 included) are left as the machine sets them.
 """
-import argparse, hashlib, json, os, subprocess, sys, tempfile, time
+import argparse, hashlib, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +59,9 @@ def worker(a):
     D.barrier()
     df = qs.assign(image_path=[str(imgs / f"{i}.png") for i in range(len(qs))])
     layer = min(a.layer, 1) if a.cpu else a.layer
+    if D.is_main():  # a launch with the same world size as an earlier one must harvest again, not resume its folder
+        for f in (f"warm_{W}", f"harvest_{W}"): shutil.rmtree(work / f, ignore_errors=True)
+    D.barrier()
     harvest(vlm, df.head(a.batch_q * W), [layer], "question", work / f"warm_{W}", batch_size=a.batch_q, progress=False)
     D.barrier(); sync(); t = time.perf_counter()
     prog = harvest(vlm, df, [layer], "question", work / f"harvest_{W}", batch_size=a.batch_q, progress=False)
