@@ -21,13 +21,14 @@ __all__ = ['log', 'POSITION_TYPES', 'MODES', 'BASELINES', 'CONTROL_ROLES', 'CEIL
 
 # %% ../nbs/03_ablate.ipynb #8c23cf97
 from .config import (Config, UserError, atomic_write_json, config_hash, EditPosition,
-                                AblationMode, Baseline as BaselineName, ControlTask)
+                                AblationMode, Baseline as BaselineName, ControlTask, target_layers)
 from .experiment import (encode_questions, read_step_json, step_run, open_model, held_out_questions, choose_variant,
                                     ChunkStore, inputs_key, chunk_name, ablate_inputs)
 from .vlm import VLM, Batch, option_token_ids, positions_found, scorable
 from .forward import (METRICS, FLOWS, ConditionRecord, SetAblation, Prefix, prefix_length, run_baseline,
                                  run_conditions, metrics_numpy, condition_positions, condition_blocks,
-                                 plan_batches, knockout, knockout_layers, flow_blocks, set_index, set_contributions)
+                                 plan_batches, knockout, knockout_layers, flow_blocks, set_index, set_contributions,
+                                 Span, stacked, condition_index, edit_sites, capture)
 from .stats import bootstrap_ci
 
 # %% ../nbs/03_ablate.ipynb #c1138e1f
@@ -129,9 +130,10 @@ def matched_random_sets(selected:list, # feature ids of the selected set
 def decoded_norms(sae, # an SAE from `binding_sae.sae`
                   mean_activation=None, # mean activation per latent (feature_stats.json), or None
                  ) -> np.ndarray:
-    "Norm of what each latent writes when it fires: ‖W_dec row‖ (raw activation space) × mean activation."
-    with torch.no_grad():
-        n = (sae.W_dec.float().norm(dim=1) / float(getattr(sae, "input_scale", 1.0))).cpu().numpy().astype(float)
+    "Norm of what each latent writes when it fires: ‖W_dec row‖ (raw activation space) × mean activation (a `Span`: global ids)."
+    if isinstance(sae, Span): n = np.concatenate([decoded_norms(s) for s in sae.saes])
+    else:
+        with torch.no_grad(): n = (sae.W_dec.float().norm(dim=1) / float(getattr(sae, "input_scale", 1.0))).cpu().numpy().astype(float)
     return n * np.nan_to_num(np.asarray(mean_activation, float)) if mean_activation is not None else n
 
 # %% ../nbs/03_ablate.ipynb #af5a7b43
@@ -169,15 +171,16 @@ def ablation_deltas(sae, x:torch.Tensor, # layer activations at the edited posit
                     sets, # feature sets to ablate (one condition each), or their `set_index`
                     mode:str="residual", # residual | replace
                     delta_scale:float=1.0, # multiple of the contribution removed (residual mode)
+                    which:torch.Tensor|None=None, # per position the one set it takes (then [n_pos, d_in])
                    ) -> torch.Tensor:
-    "Vector added to x at each position for each set: [n_sets, n_pos, d_in]."
+    "Vector added to x at each position for each set: [n_sets, n_pos, d_in]; with `which`, for set which[p] at position p."
     if mode not in MODES: raise AblationError(f"ablation.mode is {mode!r}; choose residual or replace.")
     with torch.no_grad():
         xs = x.to(sae.W_dec.device, sae.W_dec.dtype)
         f = sae.encode(xs)
-        contrib = set_contributions(sae, f, sets)
+        contrib = set_contributions(sae, f, sets, which)
         if mode == "residual": d = -float(delta_scale) * contrib
-        else: d = (sae.decode(f) - xs)[None] - contrib
+        else: d = (sae.decode(f) - xs)[None if which is None else slice(None)] - contrib
     return d.to(x.dtype)
 
 # %% ../nbs/03_ablate.ipynb #d28dae76
@@ -191,8 +194,38 @@ def ceiling_deltas(sae, x:torch.Tensor, # layer activations at the edited positi
     return d.to(x.dtype)
 
 # %% ../nbs/03_ablate.ipynb #50eec82e
+def _live_ablation(sae, index, # the SAE of a site above the lowest; its part of every set (`set_index`)
+                   which:torch.Tensor, # the condition of every edited position (`condition_index`)
+                   n_sets:int, mode:str, delta_scale:float, # conditions ≥ n_sets are the two ceilings
+                  ):
+    "Edit function of a site above the lowest: each position's own condition applied to its live activation."
+    def fn(x):
+        w = which.to(x.device)
+        d = ablation_deltas(sae, x, index, mode, delta_scale, which=w.clamp(max=n_sets - 1))
+        if bool((w >= n_sets).any()):
+            hi = (w >= n_sets).nonzero()[:, 0]
+            d[hi] = ceiling_deltas(sae, x[hi])[w[hi] - n_sets, torch.arange(len(hi), device=x.device)]
+        return x + d
+    return fn
+
+def _site_latents(vlm:VLM, batch:Batch, span:Span, x0:list, cols:list, track:list) -> np.ndarray:
+    "Max activation over each row's edited positions of every tracked global feature [B, len(track)] (sites above the lowest captured)."
+    up = capture(vlm, span.sites[1:], batch, (torch.cat([torch.full_like(c, i) for i, c in enumerate(cols)]), torch.cat(cols))) \
+         if len(span.sites) > 1 else {}
+    xs = [x0] + [list(up[s].split([len(c) for c in cols])) for s in span.sites[1:]]
+    where = [span.locate(j) for j in track]
+    out = np.zeros((len(cols), len(track)))
+    with torch.no_grad():
+        for i, sae in enumerate(span.saes):
+            t = [k for k, (s, _) in enumerate(where) if s == i]
+            if not t: continue
+            lat = [where[k][1] for k in t]
+            out[:, t] = np.stack([sae.encode(xi.to(sae.W_dec.device, sae.W_dec.dtype))[:, lat].max(0).values.float().cpu().numpy()
+                                  for xi in xs[i]]).astype(float)
+    return out
+
 def ablate_batch(vlm:VLM, batch:Batch, # questions encoded with pad_at='question'
-                 sae, how:SetAblation, # the SAE, and where and how its sets are removed
+                 sae, how:SetAblation, # the SAE (or a `Span` of SAEs: global ids), and where and how its sets are removed
                  sets:list, # feature sets, one condition each
                  ids:tuple, # (true, false): first option tokens per row
                  n_rows:int=64, # rows (question × condition) per forward
@@ -203,25 +236,29 @@ def ablate_batch(vlm:VLM, batch:Batch, # questions encoded with pad_at='question
     "Baseline and per-set metrics of a batch: {'baseline': {m: [B]}, 'sets': {m: [B, n_sets]}, 'ceiling': {m: [B, 2]}, 'track': [B, len(track)]}."
     cols = [p[how.kind] for p in batch.positions]
     if any(len(c) == 0 for c in cols): raise AblationError(f"Some rows have no {how.kind} positions; filter them first (counted skip).")
+    span = Span.of(sae, how.site)
+    parts, low = span.split(sets), span.saes[0]
     prefix = Prefix.build(vlm, batch, prefix_length(cols))
-    base = run_baseline(vlm, batch, prefix, *ids, layer=how.site)
-    x = [base.hidden[i, c - prefix.upto] for i, c in enumerate(cols)]  # the SAE's site at the edited positions, per row
-    index = set_index(sets, sae.W_dec.device)
-    deltas = [ablation_deltas(sae, xi, index, how.mode, how.delta_scale) for xi in x]  # each [n_sets, n_pos, d]
-    if ceiling: deltas = [torch.cat([d, ceiling_deltas(sae, xi)]) for d, xi in zip(deltas, x)]
+    base = run_baseline(vlm, batch, prefix, *ids, layer=span.sites[0])
+    x = [base.hidden[i, c - prefix.upto] for i, c in enumerate(cols)]  # the lowest site at the edited positions, per row
+    index = set_index(parts[0], low.W_dec.device)
+    deltas = [ablation_deltas(low, xi, index, how.mode, how.delta_scale) for xi in x]  # each [n_sets, n_pos, d]
+    if ceiling: deltas = [torch.cat([d, ceiling_deltas(low, xi)]) for d, xi in zip(deltas, x)]
+    upper = [(s, sa, set_index(p, sa.W_dec.device)) for s, sa, p in zip(span.sites[1:], span.saes[1:], parts[1:])
+             if ceiling or how.mode == "replace" or any(p)]  # a site no set touches (residual mode) is left alone
     S = base.hidden.shape[1]
-    def edit(k0, k1, seg):  # everything up to the site is the baseline's; its output plus each condition's delta goes on
+    def edit(k0, k1, seg):  # everything up to the lowest site is the baseline's; its output plus each condition's delta goes on
         r = k1 - k0
         delta = torch.cat([d[k0:k1].reshape(-1, d.shape[-1]) for d in deltas])  # row-major: question, condition, position
-        return base.above(vlm, r, seg, condition_positions(cols, r, S, seg), delta, prefix.upto)
+        pos, which = condition_positions(cols, r, S, seg), condition_index(cols, k0, k1)
+        live = [(s, dict(fn=_live_ablation(sa, ix, which, len(sets), how.mode, how.delta_scale), positions=pos)) for s, sa, ix in upper]
+        return stacked(base.above(vlm, r, seg, pos, delta, prefix.upto), edit_sites(vlm, live))
     out = metrics_numpy(run_conditions(vlm, batch, prefix, base, deltas[0].shape[0], edit, n_rows, segments))
     res = dict(baseline=metrics_numpy(base.metrics), sets={k: v[:, :len(sets)] for k, v in out.items()})
     if ceiling: res["ceiling"] = {k: v[:, len(sets):] for k, v in out.items()}
-    if track:
-        with torch.no_grad():
-            res["track"] = np.stack([sae.encode(xi.to(sae.W_dec.device, sae.W_dec.dtype))[:, list(track)].max(0).values.float().cpu().numpy()
-                                     for xi in x]).astype(float)
+    if track: res["track"] = _site_latents(vlm, batch, span, x, cols, list(track))
     return res
+
 
 # %% ../nbs/03_ablate.ipynb #fa01b96e
 def ablate_questions(vlm:VLM, df, # questions (GQA columns + image_path)
@@ -416,21 +453,20 @@ def best_random_on_select(cfg:Config, exp:Path, vlm:VLM, sae, random_sets:list, 
 def ablate_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reuse (default: open_model(cfg))
                ) -> dict:
     "Step 3: ablation of the selected features vs matched random sets, baselines and ceilings on the test split → results/ablation_results.json."
-    from binding_sae.sae import load_sae
+    from binding_sae.train import open_saes, check_saes
     exp, a = Path(exp_dir), cfg.ablation
     with step_run(cfg, exp, "ablate") as run:
         catalog = read_step_json(exp / "feature_catalog.json", "identify", AblationError)
         stats = read_step_json(exp / "feature_stats.json", "identify", AblationError)
         selected = [int(i) for i in catalog.get("selected_feature_ids", [])]
         if not selected: raise AblationError(f"{exp / 'feature_catalog.json'} selects no features: nothing to ablate.")
-        if not (exp / "sae" / "cfg.json").exists(): raise AblationError(f"{exp / 'sae'} is missing: run step 1 (train) first.")
+        check_saes(cfg, exp)
         layer = cfg.model.target_layer
         roles = ["binding"] + [r for r in CONTROL_ROLES if r in (a.control_tasks or [])]
         frames = held_out_questions(cfg, exp, roles)
         binding = frames["binding"]
         vlm = open_model(cfg, vlm)
-        sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=layer, device=vlm.device, expected_hook=cfg.harvest.hook)
-        sae.eval()
+        sae = open_saes(cfg, exp, vlm)  # a `Span`: one SAE per layer of model.target_layer, global feature ids
         fr = np.asarray(stats["all_features"]["firing_rate"], float)
         if len(fr) != sae.d_sae: raise AblationError(f"feature_stats.json has {len(fr)} firing rates but the SAE has {sae.d_sae} latents: rerun step 2.")
         ma = stats["all_features"].get("mean_activation")
@@ -524,7 +560,7 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
         vlm = open_model(cfg, vlm)
         layers = list(k.layers) if k.layers is not None else list(range(vlm.n_layers))
         if any(not 0 <= l < vlm.n_layers for l in layers): raise AblationError(f"knockout.layers {layers} must lie in 0–{vlm.n_layers - 1}.")
-        L = cfg.model.target_layer
+        L = max(target_layers(cfg))  # a span: its top layer
         if not 0 <= L < vlm.n_layers: raise AblationError(f"model.target_layer {L} must lie in 0–{vlm.n_layers - 1}.")
         cum = {"Image->Question": list(range(L + 1))}
         choose_variant(vlm, df, exp)

@@ -18,7 +18,7 @@ __all__ = ['FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'e
            'extend_cache', 'run_suffix', 'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token',
            'plan_batches', 'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout',
            'segment_blocks', 'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy',
-           'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions']
+           'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions', 'Span', 'stacked', 'condition_index']
 
 # %% ../nbs/18_forward.ipynb #9634836e
 from .config import Config, target_layers, EditPosition, AblationMode, Flow, Hook, OBJECT_FLOWS
@@ -571,9 +571,9 @@ class SetAblation:
     @classmethod
     def of(cls, cfg:Config, kind:str|None=None, # positions (default: ablation.position_type)
           ) -> SetAblation:
-        "The ablation a config describes (`model.target_layer`, `harvest.hook`, `ablation.*`)."
+        "The ablation a config describes (`model.target_layer`, `harvest.hook`, `ablation.*`; a span: its lowest layer, the `Span` edited names every site)."
         a = cfg.ablation
-        return cls(cfg.model.target_layer, kind or a.position_type, a.mode, float(a.delta_scale), cfg.harvest.hook)
+        return cls(target_layers(cfg)[0], kind or a.position_type, a.mode, float(a.delta_scale), cfg.harvest.hook)
 
     @classmethod
     def at(cls, site:int|Site, kind:EditPosition="attribute", **kw) -> SetAblation:
@@ -600,10 +600,79 @@ def set_index(sets:list, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 def set_contributions(sae, f:torch.Tensor, # latents [n_pos, d_sae]
                       sets, # feature sets (lists of ids), or their `set_index`
+                      which:torch.Tensor|None=None, # per position the one set it takes (then [n_pos, d_in])
                      ) -> torch.Tensor:
-    "Decoded contribution f[:, S] @ W_dec[S] of every set S: [n_sets, n_pos, d_in]."
+    "Decoded contribution f[:, S] @ W_dec[S] of every set S: [n_sets, n_pos, d_in]; with `which`, of set which[p] at position p."
     idx, w = set_index(sets, f.device) if isinstance(sets, list) else sets
     W = sae.W_dec.to(f.device)
-    coef = f[:, idx].float() * w[None]  # [n_pos, n_sets, k]
-    out = torch.einsum("psk,skd->spd", coef.to(W.dtype), W[idx])
+    if which is not None:
+        i, m = idx[which.to(f.device)], w[which.to(f.device)]  # [n_pos, k]
+        out = torch.einsum("pk,pkd->pd", (f.gather(1, i).float() * m).to(W.dtype), W[i])
+    else:
+        coef = f[:, idx].float() * w[None]  # [n_pos, n_sets, k]
+        out = torch.einsum("psk,skd->spd", coef.to(W.dtype), W[idx])
     return out / float(getattr(sae, "input_scale", 1.0))
+
+# %% ../nbs/18_forward.ipynb #ddd4538f
+@dataclass
+class Span:
+    "SAEs at several sites read as one dictionary (sites lowest first): latent j of SAE i has the global id `offsets[i] + j`."
+    saes: list
+    sites: list # `Site` per SAE
+
+    def __post_init__(self):
+        self.sites = [as_site(s) for s in self.sites]
+        if len(self.saes) != len(self.sites) or not self.saes: raise ModelError(f"A span needs one SAE per site (got {len(self.saes)} SAEs, {len(self.sites)} sites).")
+        if [s.layer for s in self.sites] != sorted({s.layer for s in self.sites}):
+            raise ModelError(f"A span's sites must be distinct layers, lowest first (got {[s.name for s in self.sites]}).")
+
+    @classmethod
+    def of(cls, sae, site=None) -> Span:
+        "A span as given, or one SAE at one site (a layer number: its output)."
+        return sae if isinstance(sae, Span) else cls([sae], [site])
+
+    @property
+    def offsets(self) -> list[int]: return [int(x) for x in np.cumsum([0] + self.widths)[:-1]]
+
+    @property
+    def widths(self) -> list[int]: return [int(s.W_dec.shape[0]) for s in self.saes]
+
+    @property
+    def d_sae(self) -> int: return sum(self.widths)
+
+    @property
+    def layers(self) -> list[int]: return [s.layer for s in self.sites]
+
+    def locate(self, j:int) -> tuple[int, int]:
+        "(index of the SAE, its latent) of global id `j`."
+        j = int(j)
+        if not 0 <= j < self.d_sae: raise ModelError(f"Feature {j} is not in this span of {self.d_sae} latents.")
+        i = int(np.searchsorted(self.offsets, j, side="right")) - 1
+        return i, j - self.offsets[i]
+
+    def split(self, sets:list) -> list[list]:
+        "Per SAE, each set's part of it as local latent ids: [n_saes][n_sets]."
+        out = [[[] for _ in sets] for _ in self.saes]
+        for k, s in enumerate(sets):
+            for j in s:
+                i, l = self.locate(j); out[i][k].append(l)
+        return out
+
+    def layer_of(self, j:int) -> int:
+        "The decoder layer of global feature `j`."
+        return self.sites[self.locate(j)[0]].layer
+
+@contextmanager
+def stacked(*cms):
+    "Context manager: the given context managers entered together (in order), for one forward."
+    with ExitStack() as st:
+        for c in cms: st.enter_context(c)
+        yield
+
+def condition_index(cols:list, # per row its edited positions (as `condition_positions`)
+                    k0:int, k1:int, # the conditions k0..k1-1 in this forward
+                   ) -> torch.Tensor:
+    "The condition of every position `condition_positions(cols, k1 - k0, ...)` lists, in its order (row, condition, position)."
+    k = torch.arange(k0, k1)
+    return torch.cat([k.repeat_interleave(len(c)) for c in cols]) if cols else torch.zeros(0, dtype=torch.long)
+
