@@ -14,10 +14,10 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['log', 'POSITION_TYPES', 'MODES', 'BASELINES', 'CONTROL_ROLES', 'CEILINGS', 'RANDOM_EFFECT_SETS', 'STAT_BASELINES',
            'CEILING_EDITS', 'BOX_COLUMNS', 'AblationError', 'log_stat', 'match_quality', 'matched_random_sets',
-           'decoded_norms', 'top_latents', 'trivial_baselines', 'ablation_deltas', 'ceiling_deltas', 'ablate_batch',
-           'ablate_questions', 'per_feature_effects', 'condition_record', 'accuracy_by_option_contrast',
-           'knockout_batch', 'check_knockout_attention', 'best_random_on_select', 'ablate_step', 'knockout_candidates',
-           'knockout_step', 'check_knockout_boxes', 'object_rows']
+           'decoded_norms', 'top_latents', 'trivial_baselines', 'ceiling_deltas', 'ablate_batch', 'ablate_questions',
+           'per_feature_effects', 'condition_record', 'accuracy_by_option_contrast', 'knockout_batch',
+           'check_knockout_attention', 'best_random_on_select', 'ablate_step', 'knockout_candidates', 'knockout_step',
+           'check_knockout_boxes', 'object_rows']
 
 # %% ../nbs/03_ablate.ipynb #8c23cf97
 from .config import (Config, UserError, atomic_write_json, config_hash, EditPosition,
@@ -28,7 +28,7 @@ from .vlm import VLM, Batch, option_token_ids, positions_found, scorable
 from .forward import (METRICS, FLOWS, ConditionRecord, SetAblation, Prefix, prefix_length, run_baseline,
                                  run_conditions, metrics_numpy, condition_positions, condition_blocks,
                                  plan_batches, knockout, knockout_layers, flow_blocks, set_index, set_contributions,
-                                 Span, stacked, condition_index, edit_sites, capture)
+                                 ablation_deltas, site_conditions, Span, span_ablation, edit_sites, capture)
 from .stats import bootstrap_ci
 
 # %% ../nbs/03_ablate.ipynb #c1138e1f
@@ -166,23 +166,6 @@ def trivial_baselines(names:list, # baseline names (`BASELINES`); best_random_on
                                    f"with firing rate >= {min_firing_rate})")
     return out
 
-# %% ../nbs/03_ablate.ipynb #628d8fce
-def ablation_deltas(sae, x:torch.Tensor, # layer activations at the edited positions [n_pos, d_in]
-                    sets, # feature sets to ablate (one condition each), or their `set_index`
-                    mode:str="residual", # residual | replace
-                    delta_scale:float=1.0, # multiple of the contribution removed (residual mode)
-                    which:torch.Tensor|None=None, # per position the one set it takes (then [n_pos, d_in])
-                   ) -> torch.Tensor:
-    "Vector added to x at each position for each set: [n_sets, n_pos, d_in]; with `which`, for set which[p] at position p."
-    if mode not in MODES: raise AblationError(f"ablation.mode is {mode!r}; choose residual or replace.")
-    with torch.no_grad():
-        xs = x.to(sae.W_dec.device, sae.W_dec.dtype)
-        f = sae.encode(xs)
-        contrib = set_contributions(sae, f, sets, which)
-        if mode == "residual": d = -float(delta_scale) * contrib
-        else: d = (sae.decode(f) - xs)[None if which is None else slice(None)] - contrib
-    return d.to(x.dtype)
-
 # %% ../nbs/03_ablate.ipynb #d28dae76
 def ceiling_deltas(sae, x:torch.Tensor, # layer activations at the edited positions [n_pos, d_in]
                   ) -> torch.Tensor:
@@ -194,20 +177,6 @@ def ceiling_deltas(sae, x:torch.Tensor, # layer activations at the edited positi
     return d.to(x.dtype)
 
 # %% ../nbs/03_ablate.ipynb #50eec82e
-def _live_ablation(sae, index, # the SAE of a site above the lowest; its part of every set (`set_index`)
-                   which:torch.Tensor, # the condition of every edited position (`condition_index`)
-                   n_sets:int, mode:str, delta_scale:float, # conditions ≥ n_sets are the two ceilings
-                  ):
-    "Edit function of a site above the lowest: each position's own condition applied to its live activation."
-    def fn(x):
-        w = which.to(x.device)
-        d = ablation_deltas(sae, x, index, mode, delta_scale, which=w.clamp(max=n_sets - 1))
-        if bool((w >= n_sets).any()):
-            hi = (w >= n_sets).nonzero()[:, 0]
-            d[hi] = ceiling_deltas(sae, x[hi])[w[hi] - n_sets, torch.arange(len(hi), device=x.device)]
-        return x + d
-    return fn
-
 def _site_latents(vlm:VLM, batch:Batch, span:Span, x0:list, cols:list, track:list) -> np.ndarray:
     "Max activation over each row's edited positions of every tracked global feature [B, len(track)] (sites above the lowest captured)."
     up = capture(vlm, span.sites[1:], batch, (torch.cat([torch.full_like(c, i) for i, c in enumerate(cols)]), torch.cat(cols))) \
@@ -237,24 +206,9 @@ def ablate_batch(vlm:VLM, batch:Batch, # questions encoded with pad_at='question
     cols = [p[how.kind] for p in batch.positions]
     if any(len(c) == 0 for c in cols): raise AblationError(f"Some rows have no {how.kind} positions; filter them first (counted skip).")
     span = Span.of(sae, how.site)
-    parts, low = span.split(sets), span.saes[0]
-    prefix = Prefix.build(vlm, batch, prefix_length(cols))
-    base = run_baseline(vlm, batch, prefix, *ids, layer=span.sites[0])
-    x = [base.hidden[i, c - prefix.upto] for i, c in enumerate(cols)]  # the lowest site at the edited positions, per row
-    index = set_index(parts[0], low.W_dec.device)
-    deltas = [ablation_deltas(low, xi, index, how.mode, how.delta_scale) for xi in x]  # each [n_sets, n_pos, d]
-    if ceiling: deltas = [torch.cat([d, ceiling_deltas(low, xi)]) for d, xi in zip(deltas, x)]
-    upper = [(s, sa, set_index(p, sa.W_dec.device)) for s, sa, p in zip(span.sites[1:], span.saes[1:], parts[1:])
-             if ceiling or how.mode == "replace" or any(p)]  # a site no set touches (residual mode) is left alone
-    S = base.hidden.shape[1]
-    def edit(k0, k1, seg):  # everything up to the lowest site is the baseline's; its output plus each condition's delta goes on
-        r = k1 - k0
-        delta = torch.cat([d[k0:k1].reshape(-1, d.shape[-1]) for d in deltas])  # row-major: question, condition, position
-        pos, which = condition_positions(cols, r, S, seg), condition_index(cols, k0, k1)
-        live = [(s, dict(fn=_live_ablation(sa, ix, which, len(sets), how.mode, how.delta_scale), positions=pos)) for s, sa, ix in upper]
-        return stacked(base.above(vlm, r, seg, pos, delta, prefix.upto), edit_sites(vlm, live))
-    out = metrics_numpy(run_conditions(vlm, batch, prefix, base, deltas[0].shape[0], edit, n_rows, segments))
-    res = dict(baseline=metrics_numpy(base.metrics), sets={k: v[:, :len(sets)] for k, v in out.items()})
+    deltas, above = span_ablation(span, sets, how.mode, how.delta_scale, ceiling_deltas if ceiling else None)  # every set, then the ceilings
+    baseline, out, x = site_conditions(vlm, batch, span.sites[0], cols, ids, deltas, n_rows, segments, above)
+    res = dict(baseline=baseline, sets={k: v[:, :len(sets)] for k, v in out.items()})
     if ceiling: res["ceiling"] = {k: v[:, len(sets):] for k, v in out.items()}
     if track: res["track"] = _site_latents(vlm, batch, span, x, cols, list(track))
     return res

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 # %% auto #0
-__all__ = ['SYNTHETIC_CONDITIONS', 'BASELINE_SHIFTS', 'SYNTHETIC_COLORS', 'planted_dictionary', 'dictionary_recovery',
+__all__ = ['SYNTHETIC_CONDITIONS', 'BASELINE_SHIFTS', 'SYNTHETIC_COLORS', 'planted_dictionary', 'dictionary_recovery', 'TinySAE',
            'make_standin_images', 'random_llava_config', 'llama2_processor', 'random_llava', 'logit_diff_direction',
            'plant_latents', 'AblationSimulation', 'synthetic_matching', 'synthetic_ablation_results',
            'write_synthetic_experiment', 'write_fixture_experiment', 'write_fixture_interchange']
@@ -33,6 +33,19 @@ def dictionary_recovery(sae, # an SAE (its `W_dec` rows are compared)
     "Mean over true `directions` of the best cosine similarity with a decoder row."
     W = F.normalize(sae.W_dec.detach().float().cpu(), dim=1)
     return float((F.normalize(directions.float(), dim=1) @ W.T).max(1).values.mean())
+
+# %% ../nbs/20_fixtures.ipynb #11b04779
+class TinySAE(torch.nn.Module):
+    "f = relu(x W_enc + b_enc); x̂ = f W_dec + b_dec (test double of binding_sae.sae.SAE)."
+    def __init__(self, W_enc, b_enc, W_dec, b_dec):
+        super().__init__()
+        self.W_enc, self.b_enc, self.W_dec, self.b_dec = [torch.nn.Parameter(torch.as_tensor(t, dtype=torch.float32), requires_grad=False)
+                                                          for t in (W_enc, b_enc, W_dec, b_dec)]
+        self.input_scale = torch.tensor(1.0)
+    def encode(self, x): return torch.relu(x @ self.W_enc + self.b_enc)
+    def decode(self, f): return f @ self.W_dec + self.b_dec
+    def decoded_contribution(self, f, ids): return f[..., ids] @ self.W_dec[ids]
+
 
 # %% ../nbs/20_fixtures.ipynb #b68cc93d
 def make_standin_images(img_ids, # image ids (file stems)

@@ -18,7 +18,8 @@ __all__ = ['FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'e
            'extend_cache', 'run_suffix', 'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token',
            'plan_batches', 'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout',
            'segment_blocks', 'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy',
-           'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions', 'Span', 'stacked', 'condition_index']
+           'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions', 'Span', 'stacked', 'condition_index',
+           'ablation_deltas', 'site_conditions', 'span_ablation']
 
 # %% ../nbs/18_forward.ipynb #9634836e
 from .config import Config, target_layers, EditPosition, AblationMode, Flow, Hook, OBJECT_FLOWS
@@ -675,4 +676,74 @@ def condition_index(cols:list, # per row its edited positions (as `condition_pos
     "The condition of every position `condition_positions(cols, k1 - k0, ...)` lists, in its order (row, condition, position)."
     k = torch.arange(k0, k1)
     return torch.cat([k.repeat_interleave(len(c)) for c in cols]) if cols else torch.zeros(0, dtype=torch.long)
+
+
+# %% ../nbs/18_forward.ipynb #628d8fce
+def ablation_deltas(sae, x:torch.Tensor, # layer activations at the edited positions [n_pos, d_in]
+                    sets, # feature sets to ablate (one condition each), or their `set_index`
+                    mode:str="residual", # residual | replace
+                    delta_scale:float=1.0, # multiple of the contribution removed (residual mode)
+                    which:torch.Tensor|None=None, # per position the one set it takes (then [n_pos, d_in])
+                   ) -> torch.Tensor:
+    "Vector added to x at each position for each set: [n_sets, n_pos, d_in]; with `which`, for set which[p] at position p."
+    if mode not in get_args(AblationMode): raise ValueError(f"ablation.mode is {mode!r}; choose residual or replace.")
+    with torch.no_grad():
+        xs = x.to(sae.W_dec.device, sae.W_dec.dtype)
+        f = sae.encode(xs)
+        contrib = set_contributions(sae, f, sets, which)
+        if mode == "residual": d = -float(delta_scale) * contrib
+        else: d = (sae.decode(f) - xs)[None if which is None else slice(None)] - contrib
+    return d.to(x.dtype)
+
+# %% ../nbs/18_forward.ipynb #4dbe5cd4
+def site_conditions(vlm:VLM, batch:Batch, site:int|Site, # the edited site (a layer number: its output)
+                    cols:list, # per row its edited positions (absolute; none empty)
+                    ids:tuple, # (true, false): first option tokens per row
+                    deltas, # x [n_pos, d] (the site's unedited output at one row's positions) -> [n_conditions, n_pos, d]
+                    n_rows:int=64, # rows (question × condition) per forward
+                    segments:bool|None=None, # force the layout (as `run_conditions`)
+                    above:list=(), # [(a site above `site`, which -> edit fn)]: live edits; `which` is every edited position's condition
+                   ) -> tuple:
+    "(baseline metrics, metrics per condition {m: [B, n_conditions]}, the site's output at each row's positions)."
+    prefix = Prefix.build(vlm, batch, prefix_length(cols))
+    base = run_baseline(vlm, batch, prefix, *ids, layer=site)
+    x = [base.hidden[i, c - prefix.upto] for i, c in enumerate(cols)]
+    d = [deltas(xi) for xi in x]  # each [n_conditions, n_pos, d]
+    S = base.hidden.shape[1]
+    def edit(k0, k1, seg):  # everything up to the site is the baseline's; its output plus each condition's delta goes on
+        r = k1 - k0
+        delta = torch.cat([di[k0:k1].reshape(-1, di.shape[-1]) for di in d])  # row-major: question, condition, position
+        pos = condition_positions(cols, r, S, seg)
+        live = [(s, dict(fn=make(condition_index(cols, k0, k1)), positions=pos)) for s, make in above]
+        return stacked(base.above(vlm, r, seg, pos, delta, prefix.upto), edit_sites(vlm, live))
+    out = metrics_numpy(run_conditions(vlm, batch, prefix, base, d[0].shape[0], edit, n_rows, segments))
+    return metrics_numpy(base.metrics), out, x
+
+
+# %% ../nbs/18_forward.ipynb #a6bb04c8
+def span_ablation(span:Span, sets:list, # global feature sets, one condition each
+                  mode:str="residual", delta_scale:float=1.0,
+                  extra=None, # (sae, x [n_pos, d]) -> [n_extra, n_pos, d]: conditions after the sets, at every site
+                 ) -> tuple:
+    "(the lowest site's `deltas`, the live edits `above` of the sites above it) for `site_conditions`: each set removed at every site."
+    parts, n = span.split(sets), len(sets)
+    def live(sae, index):
+        def make(which):
+            def fn(x):
+                w = which.to(x.device)
+                d = ablation_deltas(sae, x, index, mode, delta_scale, which=w.clamp(max=n - 1))
+                if extra is not None and bool((w >= n).any()):
+                    hi = (w >= n).nonzero()[:, 0]
+                    d[hi] = extra(sae, x[hi])[w[hi] - n, torch.arange(len(hi), device=x.device)].to(d.dtype)
+                return x + d
+            return fn
+        return make
+    low = span.saes[0]
+    index = set_index(parts[0], low.W_dec.device)
+    def deltas(x):
+        d = ablation_deltas(low, x, index, mode, delta_scale)
+        return torch.cat([d, extra(low, x)]) if extra is not None else d
+    above = [(s, live(sa, set_index(p, sa.W_dec.device))) for s, sa, p in zip(span.sites[1:], span.saes[1:], parts[1:])
+             if extra is not None or mode == "replace" or any(p)]  # a site no set touches (residual mode) is left alone
+    return deltas, above
 
