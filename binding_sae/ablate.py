@@ -21,14 +21,14 @@ __all__ = ['log', 'POSITION_TYPES', 'MODES', 'BASELINES', 'CONTROL_ROLES', 'CEIL
 
 # %% ../nbs/03_ablate.ipynb #8c23cf97
 from .config import (Config, UserError, atomic_write_json, config_hash, EditPosition,
-                                AblationMode, Baseline as BaselineName, ControlTask)
+                                AblationMode, Baseline as BaselineName, ControlTask, target_layers)
 from .experiment import (encode_questions, read_step_json, step_run, open_model, held_out_questions, choose_variant,
                                     ChunkStore, inputs_key, chunk_name, ablate_inputs)
 from .vlm import VLM, Batch, option_token_ids, positions_found, scorable
 from .forward import (METRICS, FLOWS, ConditionRecord, SetAblation, Prefix, prefix_length, run_baseline,
                                  run_conditions, metrics_numpy, condition_positions, condition_blocks,
                                  plan_batches, knockout, knockout_layers, flow_blocks, set_index, set_contributions,
-                                 ablation_deltas, site_conditions)
+                                 ablation_deltas, site_conditions, Span, span_ablation, edit_sites, capture)
 from .stats import bootstrap_ci
 
 # %% ../nbs/03_ablate.ipynb #c1138e1f
@@ -130,9 +130,10 @@ def matched_random_sets(selected:list, # feature ids of the selected set
 def decoded_norms(sae, # an SAE from `binding_sae.sae`
                   mean_activation=None, # mean activation per latent (feature_stats.json), or None
                  ) -> np.ndarray:
-    "Norm of what each latent writes when it fires: ‖W_dec row‖ (raw activation space) × mean activation."
-    with torch.no_grad():
-        n = (sae.W_dec.float().norm(dim=1) / float(getattr(sae, "input_scale", 1.0))).cpu().numpy().astype(float)
+    "Norm of what each latent writes when it fires: ‖W_dec row‖ (raw activation space) × mean activation (a `Span`: global ids)."
+    if isinstance(sae, Span): n = np.concatenate([decoded_norms(s) for s in sae.saes])
+    else:
+        with torch.no_grad(): n = (sae.W_dec.float().norm(dim=1) / float(getattr(sae, "input_scale", 1.0))).cpu().numpy().astype(float)
     return n * np.nan_to_num(np.asarray(mean_activation, float)) if mean_activation is not None else n
 
 # %% ../nbs/03_ablate.ipynb #af5a7b43
@@ -176,8 +177,24 @@ def ceiling_deltas(sae, x:torch.Tensor, # layer activations at the edited positi
     return d.to(x.dtype)
 
 # %% ../nbs/03_ablate.ipynb #50eec82e
+def _site_latents(vlm:VLM, batch:Batch, span:Span, x0:list, cols:list, track:list) -> np.ndarray:
+    "Max activation over each row's edited positions of every tracked global feature [B, len(track)] (sites above the lowest captured)."
+    up = capture(vlm, span.sites[1:], batch, (torch.cat([torch.full_like(c, i) for i, c in enumerate(cols)]), torch.cat(cols))) \
+         if len(span.sites) > 1 else {}
+    xs = [x0] + [list(up[s].split([len(c) for c in cols])) for s in span.sites[1:]]
+    where = [span.locate(j) for j in track]
+    out = np.zeros((len(cols), len(track)))
+    with torch.no_grad():
+        for i, sae in enumerate(span.saes):
+            t = [k for k, (s, _) in enumerate(where) if s == i]
+            if not t: continue
+            lat = [where[k][1] for k in t]
+            out[:, t] = np.stack([sae.encode(xi.to(sae.W_dec.device, sae.W_dec.dtype))[:, lat].max(0).values.float().cpu().numpy()
+                                  for xi in xs[i]]).astype(float)
+    return out
+
 def ablate_batch(vlm:VLM, batch:Batch, # questions encoded with pad_at='question'
-                 sae, how:SetAblation, # the SAE, and where and how its sets are removed
+                 sae, how:SetAblation, # the SAE (or a `Span` of SAEs: global ids), and where and how its sets are removed
                  sets:list, # feature sets, one condition each
                  ids:tuple, # (true, false): first option tokens per row
                  n_rows:int=64, # rows (question × condition) per forward
@@ -188,18 +205,14 @@ def ablate_batch(vlm:VLM, batch:Batch, # questions encoded with pad_at='question
     "Baseline and per-set metrics of a batch: {'baseline': {m: [B]}, 'sets': {m: [B, n_sets]}, 'ceiling': {m: [B, 2]}, 'track': [B, len(track)]}."
     cols = [p[how.kind] for p in batch.positions]
     if any(len(c) == 0 for c in cols): raise AblationError(f"Some rows have no {how.kind} positions; filter them first (counted skip).")
-    index = set_index(sets, sae.W_dec.device)
-    def deltas(x):  # every set of this row, then the ceilings
-        d = ablation_deltas(sae, x, index, how.mode, how.delta_scale)
-        return torch.cat([d, ceiling_deltas(sae, x)]) if ceiling else d
-    baseline, out, x = site_conditions(vlm, batch, how.site, cols, ids, deltas, n_rows, segments)
+    span = Span.of(sae, how.site)
+    deltas, above = span_ablation(span, sets, how.mode, how.delta_scale, ceiling_deltas if ceiling else None)  # every set, then the ceilings
+    baseline, out, x = site_conditions(vlm, batch, span.sites[0], cols, ids, deltas, n_rows, segments, above)
     res = dict(baseline=baseline, sets={k: v[:, :len(sets)] for k, v in out.items()})
     if ceiling: res["ceiling"] = {k: v[:, len(sets):] for k, v in out.items()}
-    if track:
-        with torch.no_grad():
-            res["track"] = np.stack([sae.encode(xi.to(sae.W_dec.device, sae.W_dec.dtype))[:, list(track)].max(0).values.float().cpu().numpy()
-                                     for xi in x]).astype(float)
+    if track: res["track"] = _site_latents(vlm, batch, span, x, cols, list(track))
     return res
+
 
 # %% ../nbs/03_ablate.ipynb #fa01b96e
 def ablate_questions(vlm:VLM, df, # questions (GQA columns + image_path)
@@ -394,21 +407,20 @@ def best_random_on_select(cfg:Config, exp:Path, vlm:VLM, sae, random_sets:list, 
 def ablate_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reuse (default: open_model(cfg))
                ) -> dict:
     "Step 3: ablation of the selected features vs matched random sets, baselines and ceilings on the test split → results/ablation_results.json."
-    from binding_sae.sae import load_sae
+    from binding_sae.train import open_saes, check_saes
     exp, a = Path(exp_dir), cfg.ablation
     with step_run(cfg, exp, "ablate") as run:
         catalog = read_step_json(exp / "feature_catalog.json", "identify", AblationError)
         stats = read_step_json(exp / "feature_stats.json", "identify", AblationError)
         selected = [int(i) for i in catalog.get("selected_feature_ids", [])]
         if not selected: raise AblationError(f"{exp / 'feature_catalog.json'} selects no features: nothing to ablate.")
-        if not (exp / "sae" / "cfg.json").exists(): raise AblationError(f"{exp / 'sae'} is missing: run step 1 (train) first.")
+        check_saes(cfg, exp)
         layer = cfg.model.target_layer
         roles = ["binding"] + [r for r in CONTROL_ROLES if r in (a.control_tasks or [])]
         frames = held_out_questions(cfg, exp, roles)
         binding = frames["binding"]
         vlm = open_model(cfg, vlm)
-        sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=layer, device=vlm.device, expected_hook=cfg.harvest.hook)
-        sae.eval()
+        sae = open_saes(cfg, exp, vlm)  # a `Span`: one SAE per layer of model.target_layer, global feature ids
         fr = np.asarray(stats["all_features"]["firing_rate"], float)
         if len(fr) != sae.d_sae: raise AblationError(f"feature_stats.json has {len(fr)} firing rates but the SAE has {sae.d_sae} latents: rerun step 2.")
         ma = stats["all_features"].get("mean_activation")
@@ -502,7 +514,7 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
         vlm = open_model(cfg, vlm)
         layers = list(k.layers) if k.layers is not None else list(range(vlm.n_layers))
         if any(not 0 <= l < vlm.n_layers for l in layers): raise AblationError(f"knockout.layers {layers} must lie in 0–{vlm.n_layers - 1}.")
-        L = cfg.model.target_layer
+        L = max(target_layers(cfg))  # a span: its top layer
         if not 0 <= L < vlm.n_layers: raise AblationError(f"model.target_layer {L} must lie in 0–{vlm.n_layers - 1}.")
         cum = {"Image->Question": list(range(L + 1))}
         choose_variant(vlm, df, exp)

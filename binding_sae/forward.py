@@ -18,7 +18,8 @@ __all__ = ['FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'e
            'extend_cache', 'run_suffix', 'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token',
            'plan_batches', 'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout',
            'segment_blocks', 'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy',
-           'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions', 'ablation_deltas', 'site_conditions']
+           'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions', 'Span', 'stacked', 'condition_index',
+           'ablation_deltas', 'site_conditions', 'span_ablation']
 
 # %% ../nbs/18_forward.ipynb #9634836e
 from .config import Config, target_layers, EditPosition, AblationMode, Flow, Hook, OBJECT_FLOWS
@@ -571,9 +572,9 @@ class SetAblation:
     @classmethod
     def of(cls, cfg:Config, kind:str|None=None, # positions (default: ablation.position_type)
           ) -> SetAblation:
-        "The ablation a config describes (`model.target_layer`, `harvest.hook`, `ablation.*`)."
+        "The ablation a config describes (`model.target_layer`, `harvest.hook`, `ablation.*`; a span: its lowest layer, the `Span` edited names every site)."
         a = cfg.ablation
-        return cls(cfg.model.target_layer, kind or a.position_type, a.mode, float(a.delta_scale), cfg.harvest.hook)
+        return cls(target_layers(cfg)[0], kind or a.position_type, a.mode, float(a.delta_scale), cfg.harvest.hook)
 
     @classmethod
     def at(cls, site:int|Site, kind:EditPosition="attribute", **kw) -> SetAblation:
@@ -600,28 +601,98 @@ def set_index(sets:list, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 def set_contributions(sae, f:torch.Tensor, # latents [n_pos, d_sae]
                       sets, # feature sets (lists of ids), or their `set_index`
+                      which:torch.Tensor|None=None, # per position the one set it takes (then [n_pos, d_in])
                      ) -> torch.Tensor:
-    "Decoded contribution f[:, S] @ W_dec[S] of every set S: [n_sets, n_pos, d_in]."
+    "Decoded contribution f[:, S] @ W_dec[S] of every set S: [n_sets, n_pos, d_in]; with `which`, of set which[p] at position p."
     idx, w = set_index(sets, f.device) if isinstance(sets, list) else sets
     W = sae.W_dec.to(f.device)
-    coef = f[:, idx].float() * w[None]  # [n_pos, n_sets, k]
-    out = torch.einsum("psk,skd->spd", coef.to(W.dtype), W[idx])
+    if which is not None:
+        i, m = idx[which.to(f.device)], w[which.to(f.device)]  # [n_pos, k]
+        out = torch.einsum("pk,pkd->pd", (f.gather(1, i).float() * m).to(W.dtype), W[i])
+    else:
+        coef = f[:, idx].float() * w[None]  # [n_pos, n_sets, k]
+        out = torch.einsum("psk,skd->spd", coef.to(W.dtype), W[idx])
     return out / float(getattr(sae, "input_scale", 1.0))
+
+# %% ../nbs/18_forward.ipynb #ddd4538f
+@dataclass
+class Span:
+    "SAEs at several sites read as one dictionary (sites lowest first): latent j of SAE i has the global id `offsets[i] + j`."
+    saes: list
+    sites: list # `Site` per SAE
+
+    def __post_init__(self):
+        self.sites = [as_site(s) for s in self.sites]
+        if len(self.saes) != len(self.sites) or not self.saes: raise ModelError(f"A span needs one SAE per site (got {len(self.saes)} SAEs, {len(self.sites)} sites).")
+        if [s.layer for s in self.sites] != sorted({s.layer for s in self.sites}):
+            raise ModelError(f"A span's sites must be distinct layers, lowest first (got {[s.name for s in self.sites]}).")
+
+    @classmethod
+    def of(cls, sae, site=None) -> Span:
+        "A span as given, or one SAE at one site (a layer number: its output)."
+        return sae if isinstance(sae, Span) else cls([sae], [site])
+
+    @property
+    def offsets(self) -> list[int]: return [int(x) for x in np.cumsum([0] + self.widths)[:-1]]
+
+    @property
+    def widths(self) -> list[int]: return [int(s.W_dec.shape[0]) for s in self.saes]
+
+    @property
+    def d_sae(self) -> int: return sum(self.widths)
+
+    @property
+    def layers(self) -> list[int]: return [s.layer for s in self.sites]
+
+    def locate(self, j:int) -> tuple[int, int]:
+        "(index of the SAE, its latent) of global id `j`."
+        j = int(j)
+        if not 0 <= j < self.d_sae: raise ModelError(f"Feature {j} is not in this span of {self.d_sae} latents.")
+        i = int(np.searchsorted(self.offsets, j, side="right")) - 1
+        return i, j - self.offsets[i]
+
+    def split(self, sets:list) -> list[list]:
+        "Per SAE, each set's part of it as local latent ids: [n_saes][n_sets]."
+        out = [[[] for _ in sets] for _ in self.saes]
+        for k, s in enumerate(sets):
+            for j in s:
+                i, l = self.locate(j); out[i][k].append(l)
+        return out
+
+    def layer_of(self, j:int) -> int:
+        "The decoder layer of global feature `j`."
+        return self.sites[self.locate(j)[0]].layer
+
+@contextmanager
+def stacked(*cms):
+    "Context manager: the given context managers entered together (in order), for one forward."
+    with ExitStack() as st:
+        for c in cms: st.enter_context(c)
+        yield
+
+def condition_index(cols:list, # per row its edited positions (as `condition_positions`)
+                    k0:int, k1:int, # the conditions k0..k1-1 in this forward
+                   ) -> torch.Tensor:
+    "The condition of every position `condition_positions(cols, k1 - k0, ...)` lists, in its order (row, condition, position)."
+    k = torch.arange(k0, k1)
+    return torch.cat([k.repeat_interleave(len(c)) for c in cols]) if cols else torch.zeros(0, dtype=torch.long)
+
 
 # %% ../nbs/18_forward.ipynb #628d8fce
 def ablation_deltas(sae, x:torch.Tensor, # layer activations at the edited positions [n_pos, d_in]
                     sets, # feature sets to ablate (one condition each), or their `set_index`
                     mode:str="residual", # residual | replace
                     delta_scale:float=1.0, # multiple of the contribution removed (residual mode)
+                    which:torch.Tensor|None=None, # per position the one set it takes (then [n_pos, d_in])
                    ) -> torch.Tensor:
-    "Vector added to x at each position for each set: [n_sets, n_pos, d_in]."
+    "Vector added to x at each position for each set: [n_sets, n_pos, d_in]; with `which`, for set which[p] at position p."
     if mode not in get_args(AblationMode): raise ValueError(f"ablation.mode is {mode!r}; choose residual or replace.")
     with torch.no_grad():
         xs = x.to(sae.W_dec.device, sae.W_dec.dtype)
         f = sae.encode(xs)
-        contrib = set_contributions(sae, f, sets)
+        contrib = set_contributions(sae, f, sets, which)
         if mode == "residual": d = -float(delta_scale) * contrib
-        else: d = (sae.decode(f) - xs)[None] - contrib
+        else: d = (sae.decode(f) - xs)[None if which is None else slice(None)] - contrib
     return d.to(x.dtype)
 
 # %% ../nbs/18_forward.ipynb #4dbe5cd4
@@ -631,6 +702,7 @@ def site_conditions(vlm:VLM, batch:Batch, site:int|Site, # the edited site (a la
                     deltas, # x [n_pos, d] (the site's unedited output at one row's positions) -> [n_conditions, n_pos, d]
                     n_rows:int=64, # rows (question × condition) per forward
                     segments:bool|None=None, # force the layout (as `run_conditions`)
+                    above:list=(), # [(a site above `site`, which -> edit fn)]: live edits; `which` is every edited position's condition
                    ) -> tuple:
     "(baseline metrics, metrics per condition {m: [B, n_conditions]}, the site's output at each row's positions)."
     prefix = Prefix.build(vlm, batch, prefix_length(cols))
@@ -641,7 +713,37 @@ def site_conditions(vlm:VLM, batch:Batch, site:int|Site, # the edited site (a la
     def edit(k0, k1, seg):  # everything up to the site is the baseline's; its output plus each condition's delta goes on
         r = k1 - k0
         delta = torch.cat([di[k0:k1].reshape(-1, di.shape[-1]) for di in d])  # row-major: question, condition, position
-        return base.above(vlm, r, seg, condition_positions(cols, r, S, seg), delta, prefix.upto)
+        pos = condition_positions(cols, r, S, seg)
+        live = [(s, dict(fn=make(condition_index(cols, k0, k1)), positions=pos)) for s, make in above]
+        return stacked(base.above(vlm, r, seg, pos, delta, prefix.upto), edit_sites(vlm, live))
     out = metrics_numpy(run_conditions(vlm, batch, prefix, base, d[0].shape[0], edit, n_rows, segments))
     return metrics_numpy(base.metrics), out, x
+
+
+# %% ../nbs/18_forward.ipynb #a6bb04c8
+def span_ablation(span:Span, sets:list, # global feature sets, one condition each
+                  mode:str="residual", delta_scale:float=1.0,
+                  extra=None, # (sae, x [n_pos, d]) -> [n_extra, n_pos, d]: conditions after the sets, at every site
+                 ) -> tuple:
+    "(the lowest site's `deltas`, the live edits `above` of the sites above it) for `site_conditions`: each set removed at every site."
+    parts, n = span.split(sets), len(sets)
+    def live(sae, index):
+        def make(which):
+            def fn(x):
+                w = which.to(x.device)
+                d = ablation_deltas(sae, x, index, mode, delta_scale, which=w.clamp(max=n - 1))
+                if extra is not None and bool((w >= n).any()):
+                    hi = (w >= n).nonzero()[:, 0]
+                    d[hi] = extra(sae, x[hi])[w[hi] - n, torch.arange(len(hi), device=x.device)].to(d.dtype)
+                return x + d
+            return fn
+        return make
+    low = span.saes[0]
+    index = set_index(parts[0], low.W_dec.device)
+    def deltas(x):
+        d = ablation_deltas(low, x, index, mode, delta_scale)
+        return torch.cat([d, extra(low, x)]) if extra is not None else d
+    above = [(s, live(sa, set_index(p, sa.W_dec.device))) for s, sa, p in zip(span.sites[1:], span.saes[1:], parts[1:])
+             if extra is not None or mode == "replace" or any(p)]  # a site no set touches (residual mode) is left alone
+    return deltas, above
 

@@ -29,8 +29,7 @@ from .experiment import experiment_questions, questions_for, split_questions, op
 from .vlm import (score_options, score_logits, greedy_answers, answer_matches, option_ids, option_token_ids,
                              positions_found)
 from .forward import (Site, SetAblation, Prefix, capture, edit_residual, prefix_length, run_baseline, run_conditions,
-                                 plan_batches, site_conditions, ablation_deltas, set_index)
-from .sae import load_sae
+                                 plan_batches, site_conditions, ablation_deltas, set_index, Span, span_ablation, edit_sites)
 
 # %% ../nbs/02_identify.ipynb #837c3d90
 log = logging.getLogger(__name__)
@@ -124,23 +123,25 @@ def frozen(*modules):
     finally:
         for p, f in zip(params, flags): p.requires_grad_(f)
 
-def spliced_attribution(vlm, sae, layer:int|Site, # the SAE's site (a layer number: its output)
+def spliced_attribution(vlm, sae, layer:int|Site, # the SAE's site (a layer number: its output); a `Span` names its own
                         batch, positions:tuple, # (rows, cols) absolute indices, from `batch.index(kind)`
                         true_options:list[str], false_options:list[str],
                        ) -> dict:
-    "Latents, attribution (latent × ∂logit_diff/∂latent) [positions, d_sae] and logit_diff [B], SAE spliced in."
-    held = {}
-    def splice(x):
+    "Latents, attribution (latent × ∂logit_diff/∂latent) [positions, d_sae] and logit_diff [B], SAE spliced in (a `Span`: all its SAEs at once, global ids)."
+    span, held = Span.of(sae, layer), {}
+    def splice(x, i, sae):
         with torch.no_grad(): f = sae.encode(x).float()
-        held["f"] = f = f.requires_grad_(True)
+        held[i] = f = f.requires_grad_(True)
         x_hat, x32 = sae.decode(f).float(), x.float()
-        return (x_hat + (x32 - x_hat).detach()).to(x.dtype)  # in fp32: rounds back to exactly x in bf16
-    with frozen(vlm.model, sae), torch.enable_grad(), edit_residual(vlm, layer, fn=splice, positions=positions):
+        if i == 0: return (x_hat + (x32 - x_hat).detach()).to(x.dtype)  # in fp32: rounds back to exactly x in bf16
+        return (x32 + (x_hat - x_hat.detach())).to(x.dtype)  # above the lowest site: exactly x, and the gradient passes to the sites below
+    edits = [(s, dict(fn=lambda x, i=i, sa=sa: splice(x, i, sa), positions=positions)) for i, (s, sa) in enumerate(zip(span.sites, span.saes))]
+    with frozen(vlm.model, *span.saes), torch.enable_grad(), edit_sites(vlm, edits):
         out = vlm.model(**batch.model_inputs(), use_cache=False, logits_to_keep=1)
         ld = score_logits(vlm, out.logits[:, -1], true_options, false_options)["logit_diff"]
-        (grad,) = torch.autograd.grad(ld.sum(), held["f"])
-    f = held["f"].detach()
-    return {"latents": f, "attribution": f * grad, "logit_diff": ld.detach()}
+        grads = torch.autograd.grad(ld.sum(), [held[i] for i in range(len(span.saes))])
+    f = torch.cat([held[i].detach() for i in range(len(span.saes))], 1)
+    return {"latents": f, "attribution": f * torch.cat(grads, 1), "logit_diff": ld.detach()}
 
 # %% ../nbs/02_identify.ipynb #e69c080a
 def pool_rows(values:torch.Tensor, # [positions, d]
@@ -198,10 +199,11 @@ def set_logit_diffs(vlm, sae, how:SetAblation, # where and how the sets are remo
                    ) -> tuple:
     "(change of logit_diff [B, len(extra)], unablated logit_diff [B]) when each condition's set is removed at the `how.kind` positions."
     sets = [list(base) if e < 0 else [j for j in base if j != e] if spare else list(base) + [int(e)] for e in extra]
-    index = set_index(sets, sae.W_dec.device)
+    span = Span.of(sae, how.site)  # a `Span`: every site of the set's parts edited in the same forward
+    deltas, above = span_ablation(span, sets, how.mode, how.delta_scale)
     ids = (option_token_ids(vlm, true_options), option_token_ids(vlm, false_options))
-    b, m, _ = site_conditions(vlm, batch, how.site, [p[how.kind] for p in batch.positions], ids,
-                              lambda x: ablation_deltas(sae, x, index, how.mode, how.delta_scale), max_rows)
+    b, m, _ = site_conditions(vlm, batch, span.sites[0], [p[how.kind] for p in batch.positions], ids, deltas, max_rows,
+                              above=above)
     base_ld = torch.from_numpy(b["logit_diff"])
     return torch.from_numpy(m["logit_diff"]) - base_ld[:, None], base_ld
 
@@ -399,8 +401,9 @@ def describe_features(vlm, sae, questions:pd.DataFrame, # select questions of an
         live = [i for i, v in enumerate(views) if v is not None and len(v)]
         if not live: continue
         rows = torch.cat([torch.full_like(views[i], i) for i in live]); cols = torch.cat([views[i] for i in live])
-        x = capture(vlm, layer, batch, (rows, cols))[layer]
-        with torch.no_grad(): a = sae.encode(x)[:, ids.to(x.device)].float().cpu().numpy()
+        span = Span.of(sae, layer)  # a `Span`: every site's latents, global ids
+        x = capture(vlm, span.sites, batch, (rows, cols))
+        with torch.no_grad(): a = torch.cat([sa.encode(x[s]) for s, sa in zip(span.sites, span.saes)], 1)[:, ids.to(x[span.sites[0]].device)].float().cpu().numpy()
         start = 0
         for i in live:
             v = views[i].cpu(); n = len(v); acts = a[start:start + n]; start += n
@@ -423,10 +426,12 @@ def histogram(values:np.ndarray, bins:int=20) -> dict:
     counts, edges = np.histogram(values, bins=bins)
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
-def catalog_entry(j:int, rank:int, s:dict, described:dict) -> dict:
+def catalog_entry(j:int, rank:int, s:dict, described:dict,
+                  where:tuple|None=None, # (layer, latent) of global feature j (`Span.layer_of`, `Span.locate`)
+                 ) -> dict:
     "One latent's catalog record from the step's per-latent arrays `s`."
     g = lambda k: _f(s[k][j]) if s.get(k) is not None else None
-    return {"feature_id": int(j), "rank": rank, "score": g("score"), "binding_score": g("binding_score"),
+    return {"feature_id": int(j), **({"layer": int(where[0]), "latent": int(where[1])} if where else {}), "rank": rank, "score": g("score"), "binding_score": g("binding_score"),
             "verified_effect": _f(s["verified"].get(j)), **{k: _f(s.get("greedy", {}).get(j, {}).get(k))
                                                             for k in ("marginal_gain", "set_change")},
             "smd": g("smd"), "auroc": g("auroc"),
@@ -461,6 +466,8 @@ def identify_metadata(cfg:Config, sae, n_select:int, res:dict, s:dict, candidate
     return {"config_hash": config_hash(cfg), "model": cfg.model.name, "layer": cfg.model.target_layer,
             **({"hook": cfg.harvest.hook} if cfg.harvest.hook != "resid_post" else {}),
             "position_type": fi.position_type, "score": fi.score, "sae_width": int(sae.d_sae),
+            **({"span": {"layers": sae.layers, "offsets": sae.offsets, "widths": sae.widths}}
+               if isinstance(sae, Span) and len(sae.saes) > 1 else {}),
             "n_select_questions": n_select, "n_scored": int(len(res["index"])), "n_skipped": int(res["n_skipped"]),
             "n_correct": s["n_correct"], "n_incorrect": s["n_incorrect"], "groups_compared": s["groups_compared"],
             "correctness_metric": fi.correctness_metric, "pooling": "max over positions",
@@ -476,7 +483,7 @@ def _set_record(ids:list, eff:dict, col:int=0) -> dict:
 
 def select_sets(cfg:Config, vlm, sae, questions:pd.DataFrame, s:dict, eligible:np.ndarray) -> tuple:
     "(selected ids, candidate ids, step record): the configured selection on the scored select questions."
-    fi, a, layer = cfg.feature_identification, cfg.ablation, Site.of(cfg)
+    fi, a, layer = cfg.feature_identification, cfg.ablation, Site.all(cfg)[0]
     cand = selection_candidates(s, eligible, fi.min_firing_rate, fi.n_verify, fi.top_k)
     pool = cand["all"] if fi.selection in ("greedy", "backward") else cand["score"]
     n_pool = check_random_pool(s["firing_rate"], fi.min_firing_rate, min(fi.top_k, len(pool)))
@@ -507,14 +514,14 @@ def select_sets(cfg:Config, vlm, sae, questions:pd.DataFrame, s:dict, eligible:n
 
 def identify_step(cfg:Config, exp_dir) -> dict:
     "Step 2: score every SAE latent on the select split; write feature_catalog.json and feature_stats.json."
-    exp, fi, layer = Path(exp_dir), cfg.feature_identification, Site.of(cfg)
+    from binding_sae.train import open_saes
+    exp, fi, layer = Path(exp_dir), cfg.feature_identification, Site.all(cfg)[0]  # a span: its lowest site (the `Span` names all)
     with step_run(cfg, exp, "identify") as run:
         df = experiment_questions(cfg, exp)
         questions_for(df, "test", "binding")  # step 3 needs them: refuse now, not after the selection
         sel = split_questions(df, "select")
         vlm = open_model(cfg)
-        sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=layer.layer, device=vlm.device,
-                       expected_hook=layer.hook).eval()
+        sae = open_saes(cfg, exp, vlm)  # one SAE per layer of model.target_layer, global feature ids
         res = score_features(vlm, sae, sel, layer, fi.position_type, fi.correctness_metric, fi.logprob_normalize, fi.batch_size)
         s = latent_scores(res, fi.score, fi.min_activation, fi.min_group_size, fi.min_diff, fi.discrimination_threshold)
         log.info("select: %d scored (%d skipped), %d correct, %d incorrect; splice error %.2g", len(res["index"]),
@@ -529,7 +536,7 @@ def identify_step(cfg:Config, exp_dir) -> dict:
                                       layer, order, fi.position_type, fi.min_activation, fi.batch_size)
         meta = {**identify_metadata(cfg, sae, len(sel), res, s, candidates), **record, "option_variant": vlm.option_variant}
         catalog = {"metadata": meta, "selected_feature_ids": order,
-                   "features": [catalog_entry(j, r, s, described[j]) for r, j in enumerate(order, 1)]}
+                   "features": [catalog_entry(j, r, s, described[j], (sae.layer_of(j), sae.locate(j)[1])) for r, j in enumerate(order, 1)]}
         stats = {"metadata": meta,
                  "all_features": {k: [_f(v) for v in s[k]] for k in ("firing_rate", "mean_activation", "score")},
                  "examples": {str(j): {"histogram": histogram(res["acts"][:, j]), "top_examples": described[j]["top_examples"]}

@@ -23,7 +23,8 @@ from .experiment import (encode_questions, read_step_json, step_run, open_model,
 from .data import image_paths
 from .vlm import VLM, Batch, option_token_ids, positions_found, scorable
 from .forward import (Prefix, SetAblation, prefix_length, run_baseline, run_conditions, metrics_numpy,
-                                 condition_positions, plan_batches, set_index, set_contributions)
+                                 condition_positions, plan_batches, set_index, set_contributions,
+                                 Span, stacked, condition_index, edit_sites, capture)
 from .stats import bootstrap_ci, permutation_p
 
 # %% ../nbs/03_interchange.ipynb #f64cd082
@@ -103,10 +104,32 @@ def _other_positions(p:dict, kind:str) -> torch.Tensor:
     q, k = p["question"], p[kind]
     return q[~torch.isin(q, k)]
 
+def _live_swap(sae, index, sel_index, # a site above the lowest: its SAE, its part of every set and of the selected set
+               which:torch.Tensor, at_kind:torch.Tensor, # per edited position: its condition; whether it is a `kind` position
+               cf:torch.Tensor, same:torch.Tensor|None, # per edited position the counterfactual's (same-answer scene's) value here
+              ):
+    "Edit function of a site above the lowest: each position's condition applied to its live activation (`FIXED_CONDITIONS`, then the sets)."
+    nf = len(FIXED_CONDITIONS)
+    def fn(x):
+        w, k = which.to(x.device), at_kind.to(x.device)
+        enc = lambda v: sae.encode(v.to(sae.W_dec.device, sae.W_dec.dtype))
+        d, f = torch.zeros_like(x), enc(x)
+        m = (w >= nf) & k
+        if bool(m.any()): d[m] = set_contributions(sae, enc(cf[m]) - f[m], index, w[m] - nf).to(x.dtype)
+        m = ((w == 0) & k) | ((w == 1) & ~k)
+        d[m] = (cf - x)[m]
+        if same is not None:
+            m = (w == 2) & k
+            if bool(m.any()): d[m] = set_contributions(sae, enc(same[m]) - f[m], sel_index, torch.zeros_like(w[m])).to(x.dtype)
+            m = (w == 3) & k
+            d[m] = (same - x)[m]
+        return x + d
+    return fn
+
 def interchange_batch(vlm:VLM, batch:Batch, # base questions encoded with pad_at='question'
                       cf:Batch, # their counterfactual scenes, row for row, encoded the same way
                       same:Batch|None, # their same-answer scenes (None: none; rows without one: the base itself)
-                      sae, how:SetAblation, # the SAE; its layer and positions (how.kind)
+                      sae, how:SetAblation, # the SAE (or a `Span`: global ids); its layer and positions (how.kind)
                       sets:list, # feature sets; set 0 is the selected set
                       ids:tuple, # (true, false) first option tokens of the BASE per row
                       n_rows:int=64, # rows (question × condition) per forward
@@ -124,29 +147,42 @@ def interchange_batch(vlm:VLM, batch:Batch, # base questions encoded with pad_at
     union = [torch.cat([c, o]) for c, o in zip(cols, other)]
     upto = prefix_length(union)
     prefix = Prefix.build(vlm, batch, upto)
-    base = run_baseline(vlm, batch, prefix, *ids, layer=how.site)
-    cfr = run_baseline(vlm, cf, Prefix.build(vlm, cf, upto), *ids, layer=how.site)
-    smr = run_baseline(vlm, same, Prefix.build(vlm, same, upto), *ids, layer=how.site) if same is not None else None
+    span = Span.of(sae, how.site)
+    parts, low, lo = span.split(sets), span.saes[0], span.sites[0]
+    base = run_baseline(vlm, batch, prefix, *ids, layer=lo)
+    cfr = run_baseline(vlm, cf, Prefix.build(vlm, cf, upto), *ids, layer=lo)
+    smr = run_baseline(vlm, same, Prefix.build(vlm, same, upto), *ids, layer=lo) if same is not None else None
     off = prefix.upto  # where every run's recorded layer output starts (0 without a cache)
-    index, nf = set_index(sets, sae.W_dec.device), len(FIXED_CONDITIONS)
+    index, nf = set_index(parts[0], low.W_dec.device), len(FIXED_CONDITIONS)
     deltas = []
     for i, (c, o) in enumerate(zip(cols, other)):
         at = lambda run, pos: run.hidden[i, pos - off]
         x, xo = at(base, c), at(base, o)
         nc, no, d = len(c), len(o), base.hidden.shape[-1]
         cond = torch.zeros(nf + len(sets), nc + no, d, dtype=x.dtype, device=x.device)  # the fixed conditions, then the sets
-        cond[nf:, :nc] = interchange_deltas(sae, x, at(cfr, c), index)
+        cond[nf:, :nc] = interchange_deltas(low, x, at(cfr, c), index)
         cond[0, :nc] = at(cfr, c) - x
         cond[1, nc:] = at(cfr, o) - xo
         if smr is not None:
-            cond[2, :nc] = interchange_deltas(sae, x, at(smr, c), [sets[0]])[0]
+            cond[2, :nc] = interchange_deltas(low, x, at(smr, c), [parts[0][0]])[0]
             cond[3, :nc] = at(smr, c) - x
         deltas.append(cond)
     S = base.hidden.shape[1]
+    ui = (torch.cat([torch.full_like(u, i) for i, u in enumerate(union)]), torch.cat(union))
+    scene = lambda b: {s: list(v.split([len(u) for u in union])) for s, v in capture(vlm, span.sites[1:], b, ui).items()}
+    above = [(s, sa, set_index(p, sa.W_dec.device), set_index([p[0]], sa.W_dec.device)) for s, sa, p in
+             zip(span.sites[1:], span.saes[1:], parts[1:])]  # every fixed condition edits every site
+    cf_up, same_up = (scene(cf), scene(same) if same is not None else None) if above else (None, None)
+    kind_at = [torch.arange(len(u)) < len(c) for u, c in zip(union, cols)]
     def edit(k0, k1, seg):
         r = k1 - k0
         delta = torch.cat([d[k0:k1].reshape(-1, d.shape[-1]) for d in deltas])  # question, condition, position
-        return base.above(vlm, r, seg, condition_positions(union, r, S, seg), delta, prefix.upto)
+        pos, which = condition_positions(union, r, S, seg), condition_index(union, k0, k1)
+        per_pos = lambda vals: torch.cat([v.repeat(r, 1) for v in vals])  # (question, condition, position), as `pos`
+        at_kind = torch.cat([m.repeat(r) for m in kind_at])
+        live = [(s, dict(fn=_live_swap(sa, ix, sx, which, at_kind, per_pos(cf_up[s]), per_pos(same_up[s]) if same_up else None),
+                         positions=pos)) for s, sa, ix, sx in above]
+        return stacked(base.above(vlm, r, seg, pos, delta, prefix.upto), edit_sites(vlm, live))
     out = metrics_numpy(run_conditions(vlm, batch, prefix, base, nf + len(sets), edit, n_rows))
     return dict(baseline=metrics_numpy(base.metrics), counterfactual=metrics_numpy(cfr.metrics),
                 same=metrics_numpy(smr.metrics) if smr is not None else None,
@@ -276,7 +312,7 @@ def _rows(df:pd.DataFrame, img_col:str, path_col:str) -> pd.DataFrame:
 def interchange_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reuse
                     ) -> dict:
     "Step 3c: swap the selected features between counterfactual pairs on the test split → results/interchange_results.json."
-    from binding_sae.sae import load_sae
+    from binding_sae.train import open_saes
     exp, ic = Path(exp_dir), cfg.interchange
     with step_run(cfg, exp, "interchange") as run:
         catalog = read_step_json(exp / "feature_catalog.json", "identify", InterchangeError)
@@ -296,8 +332,7 @@ def interchange_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to
                                    "or set interchange.enabled: false.")
         vlm = open_model(cfg, vlm)
         how = SetAblation.of(cfg)
-        sae = load_sae(exp / "sae", expected_d_in=vlm.d_model, expected_layer=how.layer, device=vlm.device, expected_hook=how.hook)
-        sae.eval()
+        sae = open_saes(cfg, exp, vlm)  # a `Span`: one SAE per layer of model.target_layer, global feature ids
         choose_variant(vlm, df, exp)
         pairs, n_same_first = scorable(vlm, pairs)
         ok = positions_found(vlm, pairs, how.kind)
@@ -338,7 +373,7 @@ def interchange_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to
             sub = {k: {mm: v[m] for mm, v in d.items()} for k, d in merged.items()}
             sub.update(question_id=pairs["question_id"].astype(str)[m].tolist(), cf_img_id=pairs["cf_img_id"].astype(str)[m].tolist())
             conditions.append(interchange_condition(sub, has_same[m], sets, selected, names, cfg, task))
-        results = {"metadata": dict(config_hash=config_hash(cfg), model=cfg.model.name, layer=how.layer,
+        results = {"metadata": dict(config_hash=config_hash(cfg), model=cfg.model.name, layer=cfg.model.target_layer,
                                     **({"hook": how.hook} if how.hook != "resid_post" else {}), position_type=how.kind,
                                     split="test", selected_feature_ids=selected, n_random_sets=len(rand),
                                     min_attainable_p=1 / (len(rand) + 1), matching=ablation["metadata"].get("matching"),

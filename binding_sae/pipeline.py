@@ -10,10 +10,10 @@ from typing import Literal
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'METHOD_DIRECTIVES', 'MODEL_STEPS', 'CSV_KEYS',
-           'SPAN_STEPS', 'Engine', 'Step', 'get_step', 'parse_steps', 'notebooks_dir', 'run_copy', 'StepFailed',
-           'ensure_before', 'InputsMissing', 'model_problem', 'data_problems', 'pairs_problem', 'folder_problem',
-           'check_inputs', 'check_span', 'RunOptions', 'run_pipeline', 'run_summary']
+__all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'METHOD_DIRECTIVES', 'MODEL_STEPS', 'CSV_KEYS', 'Engine',
+           'Step', 'get_step', 'parse_steps', 'notebooks_dir', 'run_copy', 'StepFailed', 'ensure_before',
+           'InputsMissing', 'model_problem', 'data_problems', 'pairs_problem', 'folder_problem', 'check_inputs',
+           'RunOptions', 'run_pipeline', 'run_summary']
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
 from .config import (Config, UserError, OBJECT_FLOWS, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
@@ -228,15 +228,6 @@ def check_inputs(cfg:Config, # the run's config
     if exp is not None and (p := folder_problem(cfg, exp, force)): problems.append(p)
     if problems: raise InputsMissing("\n".join(problems))
 
-SPAN_STEPS = ("train",)  # the steps that handle several layers (model.target_layer a list) so far
-
-def check_span(cfg:Config, steps:list) -> None:
-    "`UserError` before any work when a config with several layers asks for a step that reads one layer."
-    if isinstance(cfg.model.target_layer, int): return
-    if (one := [s.name for s in steps if s.name not in SPAN_STEPS]):
-        raise UserError(f"model.target_layer lists layers {cfg.model.target_layer}, but step(s) {', '.join(one)} read one "
-                        "layer so far: run --steps train, or one layer per run (--set model.target_layer=L).")
-
 # %% ../nbs/15_pipeline.ipynb #7dd99679
 Engine = Literal["papermill", "direct"]  # a step's notebook executed headless (the record), or its function called
 
@@ -275,7 +266,6 @@ def run_pipeline(config_path, # YAML config
     if o.sae_checkpoint is not None and not Path(o.sae_checkpoint).exists():
         raise UserError(f"--sae_checkpoint {o.sae_checkpoint} does not exist: give the path of sae_checkpoint.pt or an sae/ folder.")
     pending = todo if o.force or o.sae_checkpoint is not None else [s for s in todo if not step_done(exp, s.name, cfg)]
-    check_span(cfg, pending)
     check_inputs(cfg, exp, pending, o.force)
     if o.dry_run:
         return dict(config=str(config_path), experiment_dir=str(exp), config_hash=config_hash(cfg),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['log', 'token_index', 'prefetched', 'harvest', 'shard_paths', 'spliced_quality', 'train_step', 'sae_folder',
-           'import_sae']
+           'check_saes', 'open_saes', 'import_sae']
 
 # %% ../nbs/01_train.ipynb #7d731f31
 import numpy as np
@@ -26,7 +26,7 @@ from .experiment import experiment_questions, questions_for, open_model, encode_
 from .sae import (make_sae, train_sae, ActivationBatches, sae_metrics, save_sae, load_sae,
                              load_sae_checkpoint, load_shard)
 from .vlm import forward_last, score_logits, choose_option_variant
-from .forward import Site, capture, edit_residual, edit_sites
+from .forward import Site, Span, capture, edit_residual, edit_sites
 
 # %% ../nbs/01_train.ipynb #d86065d7
 log = logging.getLogger(__name__)
@@ -234,6 +234,18 @@ def train_step(cfg:Config, exp_dir) -> dict:
 def sae_folder(cfg:Config, layer:int) -> str:
     "Where a config's SAE for `layer` lives in the experiment folder: `sae/` for one layer, `sae/layer_<L>/` for several."
     return "sae" if isinstance(cfg.model.target_layer, int) else f"sae/layer_{layer}"
+
+def check_saes(cfg:Config, exp_dir) -> None:
+    "`UserError` naming step 1 when an SAE of the config's sites is not in the experiment folder (before any work)."
+    missing = [str(Path(exp_dir) / sae_folder(cfg, l)) for l in target_layers(cfg) if not (Path(exp_dir) / sae_folder(cfg, l) / "cfg.json").exists()]
+    if missing: raise UserError(f"{', '.join(missing)} missing: run step 1 (train) first.")
+
+def open_saes(cfg:Config, exp_dir, vlm) -> Span:
+    "Step 1's SAE of every site of the config, checked against the model and on its device, as one `Span` (global feature ids)."
+    check_saes(cfg, exp_dir)
+    sites = Site.all(cfg)
+    return Span([load_sae(Path(exp_dir) / sae_folder(cfg, s.layer), expected_d_in=vlm.d_model, expected_layer=s.layer,
+                          device=vlm.device, expected_hook=s.hook).eval() for s in sites], sites)
 
 def _train(cfg:Config, run) -> dict:
     "The body of `train_step`, inside its `step_run`: split, harvest (every layer in one pass), train one SAE per layer, measure."

@@ -7,6 +7,7 @@
     python3 tools/readme_tables.py validation-rates bench/results/validation_full.json    # verdict rates with CIs
     python3 tools/readme_tables.py planted bench/results/planted_readout.json             # the planted readout cases
     python3 tools/readme_tables.py interchange bench/results/interchange_routed.json       # the interchange step's table
+    python3 tools/readme_tables.py span bench/results/interchange_routed.json bench/results/interchange_routed_span.json  # one layer vs a span
     python3 tools/readme_tables.py update [README.md]    # rewrite every generated block of the README in place
     python3 tools/readme_tables.py check [README.md]     # exit 1 and name the blocks that differ from their source
     python3 tools/readme_tables.py record OUT.json -- binding-sae toy-eval --json ...  # run a command, keep its JSON
@@ -197,9 +198,18 @@ def record_interchange(exp, out, run_command:str) -> dict:
     rep = json.loads((exp / "analysis/hypothesis_report.json").read_text())
     meta = {k: r["metadata"][k] for k in ("layer", "position_type", "split", "n_random_sets", "min_attainable_p", "pairs",
                                            "matching", "selected_feature_ids", "seed", "model")}
+    row = next(c for c in rep["conditions"] if c["condition"] == rep["primary_condition"])
+    cat = json.loads((exp / "feature_catalog.json").read_text())
+    ko = rep.get("knockout_recovery") or {}
+    ablation = dict(condition=row["condition"], relative_drop=row["relative_drop"],  # the step-3 headline beside the swap
+                    relative_drop_ci=[-row["ci_high"] / row["mean_baseline"], -row["ci_low"] / row["mean_baseline"]]
+                    if row["ci_low"] is not None and row["mean_baseline"] else None,
+                    R=ko.get("R"), R_ci=[ko.get("ci_low"), ko.get("ci_high")], R_layers=ko.get("layers"),
+                    verdict=rep["summary"]["verdict"],
+                    selected_layers=[f.get("layer", r["metadata"]["layer"]) for f in cat["features"]])
     rec = dict(command=[run_command, f"{TOOL} record-interchange {exp} {out} {shlex.quote(run_command)}"],
                config=json.loads((exp / "manifest.json").read_text())["config"], versions=done["versions"],
-               wall_s=done["wall_s"], metadata=meta, headline=rep["summary"]["interchange_headline"],
+               wall_s=done["wall_s"], metadata=meta, headline=rep["summary"]["interchange_headline"], ablation=ablation,
                tasks=[dict(task=c["task"], summary=c["summary"], per_feature=c["per_feature"]) for c in r["conditions"]])
     Path(out).write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
     return rec
@@ -236,11 +246,29 @@ def interchange_table(path, task="binding_choose") -> str:
     return "\n".join(out) + "\n"
 
 
+def span_table(*paths, task="binding_choose") -> str:
+    "One row per recorded experiment (`record-interchange`): its layers, where the budget went, drop, R and swap rate."
+    out = ["| run | layers | selected features per layer | relative drop [95 % CI] | R [95 % CI] | swap rate [95 % CI] |",
+           "|---|---|---|---|---|---|"]
+    rng = lambda v: "–" if not v or v[0] is None else f"{v[0]:.2f}–{v[1]:.2f}"
+    for path in paths:
+        d = _load(path)
+        a, m = d["ablation"], d["metadata"]
+        s = next(t for t in d["tasks"] if t["task"] == task)["summary"]
+        layers = m["layer"] if isinstance(m["layer"], list) else [m["layer"]]
+        per = ", ".join(f"L{l}: {a['selected_layers'].count(l)}" for l in layers)
+        (lo, hi), R = s["swap_rate_ci"], "–" if a["R"] is None else f"{a['R']:.2f}"
+        out.append(f"| `{d['config']}` | {', '.join(map(str, layers))} | {per} | {a['relative_drop']:.3f} [{rng(a['relative_drop_ci'])}] | "
+                   f"{R} [{rng(a['R_ci'])}] | {_pct(s['swap_rate'])} [{100 * lo:.1f}–{100 * hi:.1f} %] |")
+    return "\n".join(out) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Generated blocks of the README
 
 KINDS = {"config": None, "results": results_table, "organisms": organisms_table, "validation": validation_table,
-         "validation-rates": validation_rates_table, "planted": planted_table, "interchange": interchange_table}
+         "validation-rates": validation_rates_table, "planted": planted_table, "interchange": interchange_table,
+         "span": span_table}
 
 def table(cmd:str) -> str:
     "What `cmd` (`python3 tools/readme_tables.py KIND ARGS…`) prints."
