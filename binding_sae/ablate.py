@@ -407,7 +407,7 @@ def best_random_on_select(cfg:Config, exp:Path, vlm:VLM, sae, random_sets:list, 
 def ablate_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reuse (default: open_model(cfg))
                ) -> dict:
     "Step 3: ablation of the selected features vs matched random sets, baselines and ceilings on the test split → results/ablation_results.json."
-    from binding_sae.train import open_saes, check_saes
+    from binding_sae.experiment import open_saes, check_saes
     exp, a = Path(exp_dir), cfg.ablation
     with step_run(cfg, exp, "ablate") as run:
         catalog = read_step_json(exp / "feature_catalog.json", "identify", AblationError)

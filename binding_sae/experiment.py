@@ -15,8 +15,8 @@ __all__ = ['log', 'ROLES', 'SPLITS', 'LOCK_NAME', 'TASK_KEYS', 'package_versions
            'prepare_experiment', 'read_step_json', 'step_done', 'mark_done', 'StepRun', 'step_run', 'FolderLockedError',
            'lock_holder', 'experiment_lock', 'ensure_world', 'role_questions', 'role_source', 'experiment_questions',
            'questions_for', 'split_questions', 'held_out_questions', 'to_rgb', 'question_images', 'question_options',
-           'encode_questions', 'open_model', 'check_model', 'choose_variant', 'inputs_key', 'ChunkStore', 'chunk_name',
-           'ablate_inputs']
+           'encode_questions', 'open_model', 'check_model', 'sae_folder', 'check_saes', 'open_saes', 'choose_variant',
+           'inputs_key', 'ChunkStore', 'chunk_name', 'ablate_inputs']
 
 # %% ../nbs/17_experiment.ipynb #e72e51ef
 import yaml
@@ -384,6 +384,26 @@ def check_model(cfg:Config, n_layers:int, d_model:int) -> None:
         raise UserError(f"model.target_layer {max(layers)} is out of range: {cfg.model.name} has layers 0–{n_layers - 1}.")
     if cfg.model.d_model is not None and cfg.model.d_model != d_model:
         raise UserError(f"model.d_model is {cfg.model.d_model} but {cfg.model.name} has residual width {d_model}: fix or remove model.d_model.")
+
+# %% ../nbs/17_experiment.ipynb #ca85b4f8
+def sae_folder(cfg:Config, layer:int) -> str:
+    "Where a config's SAE for `layer` lives in the experiment folder: `sae/` for one layer, `sae/layer_<L>/` for several."
+    return "sae" if isinstance(cfg.model.target_layer, int) else f"sae/layer_{layer}"
+
+def check_saes(cfg:Config, exp_dir) -> None:
+    "`UserError` naming step 1 when an SAE of the config's sites is not in the experiment folder (before any work)."
+    missing = [str(Path(exp_dir) / sae_folder(cfg, l)) for l in target_layers(cfg) if not (Path(exp_dir) / sae_folder(cfg, l) / "cfg.json").exists()]
+    if missing: raise UserError(f"{', '.join(missing)} missing: run step 1 (train) first.")
+
+def open_saes(cfg:Config, exp_dir, vlm) -> Span:
+    "Step 1's SAE of every site of the config, checked against the model and on its device, as one `Span` (global feature ids)."
+    from binding_sae.forward import Site, Span
+    from binding_sae.sae import load_sae
+    check_saes(cfg, exp_dir)
+    sites = Site.all(cfg)
+    return Span([load_sae(Path(exp_dir) / sae_folder(cfg, s.layer), expected_d_in=vlm.d_model, expected_layer=s.layer,
+                          device=vlm.device, expected_hook=s.hook).eval() for s in sites], sites)
+
 
 # %% ../nbs/17_experiment.ipynb #e21da141
 def choose_variant(vlm, df:pd.DataFrame, exp:Path|None=None) -> None:

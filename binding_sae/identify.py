@@ -514,7 +514,7 @@ def select_sets(cfg:Config, vlm, sae, questions:pd.DataFrame, s:dict, eligible:n
 
 def identify_step(cfg:Config, exp_dir) -> dict:
     "Step 2: score every SAE latent on the select split; write feature_catalog.json and feature_stats.json."
-    from binding_sae.train import open_saes
+    from binding_sae.experiment import open_saes
     exp, fi, layer = Path(exp_dir), cfg.feature_identification, Site.all(cfg)[0]  # a span: its lowest site (the `Span` names all)
     with step_run(cfg, exp, "identify") as run:
         df = experiment_questions(cfg, exp)

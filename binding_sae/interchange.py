@@ -312,7 +312,7 @@ def _rows(df:pd.DataFrame, img_col:str, path_col:str) -> pd.DataFrame:
 def interchange_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reuse
                     ) -> dict:
     "Step 3c: swap the selected features between counterfactual pairs on the test split → results/interchange_results.json."
-    from binding_sae.train import open_saes
+    from binding_sae.experiment import open_saes
     exp, ic = Path(exp_dir), cfg.interchange
     with step_run(cfg, exp, "interchange") as run:
         catalog = read_step_json(exp / "feature_catalog.json", "identify", InterchangeError)

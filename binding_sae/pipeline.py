@@ -17,10 +17,10 @@ __all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'METHOD_
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
 from .config import (Config, UserError, OBJECT_FLOWS, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
-                                project_root, config_from_dict, read_yaml, MODEL_ALIASES, choices)
+                                project_root, config_from_dict, read_yaml, MODEL_ALIASES, choices, target_layers)
 from . import distributed as D
 from .experiment import (prepare_experiment, step_done, package_versions, check_experiment_dir, experiment_lock,
-                                    read_step_json)
+                                    read_step_json, sae_folder)
 
 # %% ../nbs/15_pipeline.ipynb #72d7f407
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ def run_pipeline(config_path, # YAML config
         todo = [s for s in todo if s.name != "interchange" or steps == "interchange"]
     if o.skip_train:
         todo = [s for s in todo if s.name != "train"]
-        if o.sae_checkpoint is None and not (exp / "sae" / "cfg.json").exists():
+        if o.sae_checkpoint is None and not all((exp / sae_folder(cfg, l) / "cfg.json").exists() for l in target_layers(cfg)):
             raise UserError("--skip_train needs --sae_checkpoint PATH (or an experiment folder whose step 1 already ran).")
     if o.sae_checkpoint is not None and not Path(o.sae_checkpoint).exists():
         raise UserError(f"--sae_checkpoint {o.sae_checkpoint} does not exist: give the path of sae_checkpoint.pt or an sae/ folder.")

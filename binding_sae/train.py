@@ -8,8 +8,7 @@ import json, logging, shutil
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['log', 'token_index', 'prefetched', 'harvest', 'shard_paths', 'spliced_quality', 'train_step', 'sae_folder',
-           'check_saes', 'open_saes', 'import_sae']
+__all__ = ['log', 'token_index', 'prefetched', 'harvest', 'shard_paths', 'spliced_quality', 'train_step', 'import_sae']
 
 # %% ../nbs/01_train.ipynb #7d731f31
 import numpy as np
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 from .config import Config, target_layers, PositionKind, UserError, atomic_path, atomic_write_json, atomic_write_text, resolve_device, config_hash
 from .data import image_unit
 from . import distributed as D
-from .experiment import experiment_questions, questions_for, open_model, encode_questions, step_run, step_done
+from .experiment import experiment_questions, questions_for, open_model, encode_questions, step_run, step_done, sae_folder
 from .sae import (make_sae, train_sae, ActivationBatches, sae_metrics, save_sae, load_sae,
                              load_sae_checkpoint, load_shard)
 from .vlm import forward_last, score_logits, choose_option_variant
@@ -230,22 +229,6 @@ def _holdout(df:pd.DataFrame, seed:int, fraction:float=0.1) -> pd.Series:
 def train_step(cfg:Config, exp_dir) -> dict:
     "Step 1: harvest `sae_train` activations, train the SAE, write it and its quality metrics."
     with step_run(cfg, exp_dir, "train") as run: return _train(cfg, run)
-
-def sae_folder(cfg:Config, layer:int) -> str:
-    "Where a config's SAE for `layer` lives in the experiment folder: `sae/` for one layer, `sae/layer_<L>/` for several."
-    return "sae" if isinstance(cfg.model.target_layer, int) else f"sae/layer_{layer}"
-
-def check_saes(cfg:Config, exp_dir) -> None:
-    "`UserError` naming step 1 when an SAE of the config's sites is not in the experiment folder (before any work)."
-    missing = [str(Path(exp_dir) / sae_folder(cfg, l)) for l in target_layers(cfg) if not (Path(exp_dir) / sae_folder(cfg, l) / "cfg.json").exists()]
-    if missing: raise UserError(f"{', '.join(missing)} missing: run step 1 (train) first.")
-
-def open_saes(cfg:Config, exp_dir, vlm) -> Span:
-    "Step 1's SAE of every site of the config, checked against the model and on its device, as one `Span` (global feature ids)."
-    check_saes(cfg, exp_dir)
-    sites = Site.all(cfg)
-    return Span([load_sae(Path(exp_dir) / sae_folder(cfg, s.layer), expected_d_in=vlm.d_model, expected_layer=s.layer,
-                          device=vlm.device, expected_hook=s.hook).eval() for s in sites], sites)
 
 def _train(cfg:Config, run) -> dict:
     "The body of `train_step`, inside its `step_run`: split, harvest (every layer in one pass), train one SAE per layer, measure."
