@@ -16,7 +16,7 @@ __all__ = ['log', 'ROLES', 'SPLITS', 'LOCK_NAME', 'TASK_KEYS', 'package_versions
            'lock_holder', 'experiment_lock', 'ensure_world', 'role_questions', 'role_source', 'experiment_questions',
            'questions_for', 'split_questions', 'held_out_questions', 'to_rgb', 'question_images', 'question_options',
            'encode_questions', 'open_model', 'check_model', 'sae_folder', 'check_saes', 'open_saes', 'choose_variant',
-           'inputs_key', 'ChunkStore', 'chunk_name', 'ablate_inputs']
+           'inputs_key', 'ChunkStore', 'chunk_name', 'sae_files', 'identify_inputs', 'ablate_inputs']
 
 # %% ../nbs/17_experiment.ipynb #e72e51ef
 import yaml
@@ -477,8 +477,15 @@ def chunk_name(name:str, g, n_cols:int) -> str:
     "A chunk's name in the store: the run, its questions and its column count."
     return f"{name}#{n_cols}#" + hashlib.sha256("\n".join(g["question_id"].astype(str)).encode()).hexdigest()[:12]
 
+def sae_files(exp:Path) -> list:
+    "Every file of step 1's SAEs (relative paths, sorted)."
+    return sorted(str(p.relative_to(exp)) for p in (exp / "sae").rglob("*") if p.is_file()) if (exp / "sae").is_dir() else []
+
+def identify_inputs(exp:Path) -> list:
+    "The experiment files whose bytes step 2's numbers depend on (besides the config)."
+    return ["splits.csv"] + sae_files(exp)
+
 def ablate_inputs(exp:Path) -> list:
     "The experiment files whose bytes step 3's numbers (ablation; the interchange adds the ablation results) depend on (besides the config)."
-    sae_files = sorted(str(p.relative_to(exp)) for p in (exp / "sae").rglob("*") if p.is_file()) if (exp / "sae").is_dir() else []
-    return ["splits.csv", "feature_catalog.json", "feature_stats.json"] + sae_files
+    return ["splits.csv", "feature_catalog.json", "feature_stats.json"] + sae_files(exp)
 

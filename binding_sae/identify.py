@@ -25,7 +25,9 @@ __all__ = ['log', 'GROUP_SCORES', 'IdentifyError', 'logprob_correct', 'string_co
 
 # %% ../nbs/02_identify.ipynb #575f87b2
 from .config import Config, UserError, atomic_write_json, config_hash
-from .experiment import experiment_questions, questions_for, split_questions, open_model, encode_questions, step_run
+from .experiment import (experiment_questions, questions_for, split_questions, open_model, encode_questions, step_run,
+                                    ChunkStore, inputs_key, chunk_name, identify_inputs)
+from .distributed import is_main
 from .vlm import (score_options, score_logits, greedy_answers, answer_matches, option_ids, option_token_ids,
                              positions_found)
 from .forward import (Site, SetAblation, Prefix, capture, edit_residual, prefix_length, run_baseline, run_conditions,
@@ -481,7 +483,9 @@ def _set_record(ids:list, eff:dict, col:int=0) -> dict:
     return {"feature_ids": [int(j) for j in ids], "mean_change": float(ch.mean()),
             "relative_drop": float(-ch.mean() / b.mean()) if b.mean() != 0 else None, "n_questions": int(len(ch))}
 
-def select_sets(cfg:Config, vlm, sae, questions:pd.DataFrame, s:dict, eligible:np.ndarray) -> tuple:
+def select_sets(cfg:Config, vlm, sae, questions:pd.DataFrame, s:dict, eligible:np.ndarray,
+                store:ChunkStore|None=None, # keeps every measured set's arrays: a stopped selection resumes where it was
+               ) -> tuple:
     "(selected ids, candidate ids, step record): the configured selection on the scored select questions."
     fi, a, layer = cfg.feature_identification, cfg.ablation, Site.all(cfg)[0]
     cand = selection_candidates(s, eligible, fi.min_firing_rate, fi.n_verify, fi.top_k)
@@ -492,8 +496,14 @@ def select_sets(cfg:Config, vlm, sae, questions:pd.DataFrame, s:dict, eligible:n
         s["verified"] = {j: float(e) for j, e in zip(pool, effects.mean(0))}
         order = rank_features(s["score"], eligible, s["verified"] if fi.score == "binding" else None)[:fi.top_k]
         return order, pool, {"n_random_pool": n_pool}
-    run = lambda base, extra, spare=False: set_effects(vlm, sae, questions, SetAblation.of(cfg), base, extra, fi.batch_size,
-                                                       spare=spare)
+    def run(base, extra, spare=False):
+        "`set_effects` of these conditions, reloaded from `store` when an earlier, stopped run measured them."
+        key = chunk_name(f"sets#{int(spare)}#{','.join(map(str, base))}#{','.join(map(str, extra))}", questions, len(extra))
+        r = store.load(key) if store is not None else None
+        if r is None:
+            r = set_effects(vlm, sae, questions, SetAblation.of(cfg), base, extra, fi.batch_size, spare=spare)
+            if store is not None and is_main(): store.save(key, r)
+        return r
     change = lambda base, extra, spare=False: run(base, extra, spare)["change"]
     if fi.selection == "backward":
         g = backward_selection(change, pool, fi.top_k)
@@ -517,6 +527,7 @@ def identify_step(cfg:Config, exp_dir) -> dict:
     from binding_sae.experiment import open_saes
     exp, fi, layer = Path(exp_dir), cfg.feature_identification, Site.all(cfg)[0]  # a span: its lowest site (the `Span` names all)
     with step_run(cfg, exp, "identify") as run:
+        store = ChunkStore(exp, "identify", inputs_key(cfg, exp, identify_inputs(exp)))
         df = experiment_questions(cfg, exp)
         questions_for(df, "test", "binding")  # step 3 needs them: refuse now, not after the selection
         sel = split_questions(df, "select")
@@ -531,7 +542,7 @@ def identify_step(cfg:Config, exp_dir) -> dict:
             raise IdentifyError(f"No latent passes the filters (min_firing_rate {fi.min_firing_rate}, min_activation "
                                 f"{fi.min_activation}, score {fi.score!r} in the binding direction"
                                 + (", the old discrimination filters" if fi.score in GROUP_SCORES else "") + "): relax them.")
-        order, candidates, record = select_sets(cfg, vlm, sae, sel.iloc[res["index"]].reset_index(drop=True), s, eligible)
+        order, candidates, record = select_sets(cfg, vlm, sae, sel.iloc[res["index"]].reset_index(drop=True), s, eligible, store)
         described = describe_features(vlm, sae, df[df.split == "select"].drop_duplicates("question_id").reset_index(drop=True),
                                       layer, order, fi.position_type, fi.min_activation, fi.batch_size)
         meta = {**identify_metadata(cfg, sae, len(sel), res, s, candidates), **record, "option_variant": vlm.option_variant}
@@ -543,6 +554,7 @@ def identify_step(cfg:Config, exp_dir) -> dict:
                               for j in order}}
         run.write_json("feature_catalog.json", catalog)
         run.write_json("feature_stats.json", stats)
+        store.clear()
         counts = {"n_select": len(sel), "n_scored": meta["n_scored"], "n_skipped": meta["n_skipped"],
                   "n_correct": s["n_correct"], "n_incorrect": s["n_incorrect"], "n_eligible": int(eligible.sum()),
                   "n_verified": len(candidates), "n_selected": len(order), "n_random_pool": record["n_random_pool"],
