@@ -100,7 +100,7 @@ def worker(a):
 
 def ablate(a, vlm, df, layer:int, dev:str, sync) -> dict:
     "Step 3's question loop (`ablate_questions`) over `--ablate_questions` questions, each rank its block; seconds and a digest."
-    import numpy as np, torch
+    import numpy as np, pandas as pd
     from binding_sae import distributed as D
     from binding_sae.ablate import ablate_questions, matched_random_sets
     from binding_sae.experiment import encode_questions
@@ -111,7 +111,8 @@ def ablate(a, vlm, df, layer:int, dev:str, sync) -> dict:
     rng = np.random.default_rng(0)
     selected = [int(i) for i in rng.choice(a.d_sae, min(a.n_selected, a.d_sae // 4), replace=False)]
     sets = [selected] + matched_random_sets(selected, rng.uniform(0.0, 0.2, a.d_sae), np.ones(a.d_sae), a.n_random, 5, seed=0)[0]
-    qs = df.head(a.ablate_questions).reset_index(drop=True)
+    qs = pd.concat([df] * (a.ablate_questions // len(df) + 1), ignore_index=True).head(a.ablate_questions)
+    qs["question_id"] = [f"a{i}" for i in range(len(qs))]
     g = qs.head(8)
     choose_option_variant(vlm, encode_questions(vlm, g), g["true option"].tolist(), g["false option"].tolist())
     how = SetAblation(layer, "attribute")
