@@ -30,6 +30,7 @@ from .forward import (METRICS, FLOWS, ConditionRecord, SetAblation, Prefix, pref
                                  plan_batches, knockout, knockout_layers, flow_blocks, set_index, set_contributions,
                                  ablation_deltas, site_conditions, Span, span_ablation, edit_sites, capture)
 from .stats import bootstrap_ci
+from .distributed import map_batches
 
 # %% ../nbs/03_ablate.ipynb #c1138e1f
 log = logging.getLogger(__name__)
@@ -230,9 +231,8 @@ def ablate_questions(vlm:VLM, df, # questions (GQA columns + image_path)
     questions_per_batch, n_rows = plan_batches(vlm, n_cols, conditions_per_forward, shared_prefix=how.kind != "all",
                                                max_questions=8 if str(vlm.device).startswith("cuda") else 32)
     parts = {k: [] for k in ("baseline", "sets", "ceiling", "track")}
-    groups = range(0, len(d), questions_per_batch)
-    for a in tqdm(groups, desc=f"{how.kind} {how.mode}", disable=len(groups) < 2, leave=False):
-        g = d.iloc[a:a + questions_per_batch]
+    groups = [d.iloc[a:a + questions_per_batch] for a in range(0, len(d), questions_per_batch)]
+    def one(g):  # one question group's arrays, from the resume store or measured
         key = chunk_name(name, g, n_cols)
         r = chunks.load(key) if chunks is not None else None
         if r is None:
@@ -241,6 +241,8 @@ def ablate_questions(vlm:VLM, df, # questions (GQA columns + image_path)
             r = ablate_batch(vlm, batch, sae, how, sets, (option_token_ids(vlm, t), option_token_ids(vlm, f)), n_rows,
                              track, ceiling=ceiling)
             if chunks is not None: chunks.save(key, r)
+        return r
+    for r in map_batches(one, groups, "ablate", desc=f"{how.kind} {how.mode}", disable=len(groups) < 2, leave=False):  # split over the ranks
         for k in parts:
             if r.get(k) is not None: parts[k].append(r[k])
     cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape)
@@ -489,17 +491,21 @@ def knockout_candidates(vlm:VLM, df, k, # the questions; the config's knockout s
                         qb:int, n_rows:int, store:ChunkStore, ids, # questions per group; rows per forward; resume store; g -> (true, false) ids
                        ):
     "The questions the unedited model answers right (at most `k.max_samples`), scored group by group before any sweep."
-    keep, n_right = [], 0
-    for a0 in tqdm(range(0, len(df), qb), desc="knockout: score", leave=False):
-        g = df.iloc[a0:a0 + qb]
+    def right(g):  # bool per question of one group: answered right
         key = chunk_name("knockout-baseline", g, 0)
         r = store.load(key)
         if r is None:
             r = dict(baseline=knockout_batch(vlm, encode_questions(vlm, g, pad_at="question"), list(k.flows), [], k.window,
                                              *ids(g), n_rows)["baseline"])
             store.save(key, r)
-        keep.append(np.asarray(r["baseline"]["correct"]) > 0); n_right += int(keep[-1].sum())
-        if k.max_samples is not None and n_right >= k.max_samples: break
+        return np.asarray(r["baseline"]["correct"]) > 0
+    groups = [df.iloc[a0:a0 + qb] for a0 in range(0, len(df), qb)]
+    if k.max_samples is None: keep = map_batches(right, groups, "knockout: score", leave=False)  # every group: split over the ranks
+    else:  # one group after another until max_samples are right (every rank alike: the stop depends on the answers)
+        keep, n_right = [], 0
+        for g in tqdm(groups, desc="knockout: score", leave=False):
+            keep.append(right(g)); n_right += int(keep[-1].sum())
+            if n_right >= k.max_samples: break
     keep = np.concatenate(keep) if keep else np.zeros(0, bool)
     return df.iloc[:len(keep)][keep].iloc[:k.max_samples].reset_index(drop=True)
 
@@ -530,8 +536,10 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
         ids = lambda g: tuple(option_token_ids(vlm, g[c].astype(str).tolist()) for c in ("true option", "false option"))
         sweep = knockout_candidates(vlm, df, k, qb, n_rows, store, ids) if k.filter_correct else df
         base_all, cond_all, qids, n_swept = {m: [] for m in METRICS}, {m: [] for m in METRICS}, [], 0
-        for a0 in tqdm(range(0, len(sweep), qb), desc="knockout", leave=False):
-            g = sweep.iloc[a0:a0 + qb]
+        starts = list(range(0, len(sweep), qb))
+        if k.max_samples is not None: starts = starts[:-(-k.max_samples // qb)]  # up to the group that reaches max_samples
+        groups = [sweep.iloc[a0:a0 + qb] for a0 in starts]
+        def one(g):  # one group's baseline and conditions, from the resume store or measured
             key = chunk_name("knockout", g, len(labels))
             r = store.load(key)
             if r is None:
@@ -540,9 +548,10 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
                 kb = knockout_batch(vlm, batch, list(k.flows), layers, k.window, *ids(g), n_rows, boxes, cumulative=cum)
                 r = dict(baseline=kb["baseline"], conditions=kb["conditions"])
                 store.save(key, r)
+            return r
+        for g, r in zip(groups, map_batches(one, groups, "knockout", leave=False)):  # split over torchrun's ranks
             for m in METRICS: base_all[m].append(r["baseline"][m]); cond_all[m].append(r["conditions"][m])
             qids += g["question_id"].astype(str).tolist(); n_swept += len(g)
-            if k.max_samples is not None and len(qids) >= k.max_samples: break
         n = len(qids) if k.max_samples is None else min(len(qids), k.max_samples)
         base = {m: np.concatenate(v)[:n] for m, v in base_all.items()}
         cond = {m: np.concatenate(v)[:n] for m, v in cond_all.items()}

@@ -11,8 +11,8 @@ from .config import UserError
 
 # %% auto #0
 __all__ = ['log', 'TIMEOUT_ENV', 'DEFAULT_TIMEOUT_S', 'DistributedError', 'torchrun_env', 'solo', 'init', 'world_size', 'rank',
-           'is_main', 'barrier', 'block', 'split', 'gather', 'run_on_main', 'record', 'all_sum', 'average_gradients',
-           'free_port', 'local_env']
+           'is_main', 'barrier', 'block', 'split', 'gather', 'run_on_main', 'record', 'map_batches', 'shares',
+           'all_sum', 'average_gradients', 'free_port', 'local_env']
 
 # %% ../nbs/23_distributed.ipynb #223b416a
 log = logging.getLogger(__name__)
@@ -132,6 +132,37 @@ def record(what:dict|None=None) -> dict|None:
     "`{world_size, ranks: {rank: what}}` gathered from every rank; None in one process (nothing to record)."
     if world_size() == 1: return None
     return dict(world_size=world_size(), ranks={str(r): w for r, w in enumerate(gather(what or {}))})
+
+# %% ../nbs/23_distributed.ipynb #b8d4f2e1
+_shares = {}  # this rank's `map_batches` work since the last `shares(clear=True)`: {label: {batches, of, questions}}
+
+def _n_questions(item) -> int:
+    "Questions in one batch: a slice's length, a table's rows (1 for anything else)."
+    if isinstance(item, slice): return len(range(item.start or 0, item.stop, item.step or 1))
+    return len(item) if hasattr(item, "__len__") else 1
+
+def map_batches(fn, # one batch's work: batch -> result (CPU objects)
+                batches, # the batches in the single-process order (question slices or tables)
+                label:str="batches", # the work's name in the progress bar and in `shares`
+                **progress, # tqdm options (desc=, leave=, disable=)
+               ) -> list:
+    "`[fn(b) for b in batches]` on every rank: each rank runs its contiguous `block`, the results are all-gathered in order."
+    from tqdm.auto import tqdm
+    batches = list(batches)
+    mine = split(batches)
+    if world_size() > 1: progress["disable"] = progress.get("disable", False) or not is_main()  # rank 0's bar alone
+    out = [fn(b) for b in tqdm(mine, **{"desc": label, **progress})]
+    s = _shares.setdefault(label, dict(batches=0, of=0, questions=0))
+    s["batches"] += len(mine); s["of"] += len(batches); s["questions"] += sum(_n_questions(b) for b in mine)
+    return out if world_size() == 1 else [r for part in gather(out) for r in part]
+
+def shares(clear:bool=False, # start a new tally after returning this one
+          ) -> dict:
+    "What this rank's `map_batches` calls did: {label: {batches it ran, of (all ranks' batches), questions it ran}}."
+    global _shares
+    out = {k: dict(v) for k, v in _shares.items()}
+    if clear: _shares = {}
+    return out
 
 # %% ../nbs/23_distributed.ipynb #d66780a4
 def all_sum(t):

@@ -141,10 +141,11 @@ class StepRun:
 def step_run(cfg:Config, exp_dir, step:str):
     "Run a step's body: yields a `StepRun`; when the body returns, `<step>.done.json` records the config hash, versions, `counts` and wall time."
     run = StepRun(cfg, Path(exp_dir), step)
+    D.shares(clear=True)  # what this rank's `map_batches` calls do in this step
     if (cuda := _cuda()) is not None: cuda.reset_peak_memory_stats()
     yield run
     cuda = _cuda()
-    rec = D.record(run.work)  # every rank takes part; None in one process
+    rec = D.record({**run.work, **D.shares()})  # every rank takes part (its batches per kind of work); None in one process
     if D.is_main(): mark_done(run.exp, step, cfg, run.counts, round(time.time() - run.started, 3),
                               round(cuda.max_memory_allocated() / 2**30, 3) if cuda is not None else None, rec)
 
@@ -469,7 +470,8 @@ class ChunkStore:
         with atomic_path(self.path(name)) as tmp, open(tmp, "wb") as f: np.savez(f, **flat)
 
     def clear(self) -> None:
-        "Remove this step's partial results (and `.partial` when nothing else is left in it)."
+        "Remove this step's partial results (and `.partial` when nothing else is left in it); rank 0 alone under torchrun."
+        if not D.is_main(): return  # the ranks share the folder: the one that writes the results removes their chunks
         shutil.rmtree(self.dir, ignore_errors=True)
         if self.root.is_dir() and not any(self.root.iterdir()): self.root.rmdir()
 

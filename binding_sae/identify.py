@@ -167,23 +167,33 @@ def score_features(vlm, sae, questions:pd.DataFrame, # one row per question (GQA
                    grad_batch_size:int=8, # at most this many questions per forward + backward (memory)
                   ) -> dict:
     "Per-question activations and attributions of every latent, labels and logit_diff over `questions`."
-    keep, acts, attr, correct, ld, err = [], [], [], [], [], 0.0
-    for sl in tqdm(_slices(len(questions), min(batch_size, grad_batch_size)), desc="identify: score", leave=False):
+    from binding_sae.distributed import map_batches, world_size, gather
+    from binding_sae.vlm import choose_option_variant
+    slices = _slices(len(questions), min(batch_size, grad_batch_size))
+    options = lambda part: (part["true option"].astype(str).tolist(), part["false option"].astype(str).tolist())
+    if vlm.option_variant is None and world_size() > 1 and slices:  # one process chooses it on its first batch: so does every rank
+        first = questions.iloc[slices[0]]
+        choose_option_variant(vlm, encode_questions(vlm, first, pad_at="question"), *options(first))
+        vlm.option_variant = gather(vlm.option_variant)[0]  # rank 0's choice, should the ranks' arithmetic differ
+    def one(sl):  # one batch: None when none of its questions has the positions
         part = questions.iloc[sl]
         batch = encode_questions(vlm, part, pad_at="question")
-        t, f = part["true option"].astype(str).tolist(), part["false option"].astype(str).tolist()
+        t, f = options(part)
         scores = score_options(vlm, batch, t, f)
         ok = (logprob_correct(scores, logprob_normalize) if correctness_metric == "option_logprob"
               else string_correct(greedy_answers(vlm, batch), t))
         has = np.array([len(p[position_type]) > 0 for p in batch.positions])
-        if not has.any(): continue
+        if not has.any(): return None
         rows, cols = batch.index(position_type)
         out = spliced_attribution(vlm, sae, layer, batch, (rows, cols), t, f)
-        err = max(err, float((out["logit_diff"] - scores["logit_diff"]).abs().max()))
-        acts.append(pool_rows(out["latents"], rows, len(batch)).cpu()[torch.from_numpy(has)])
-        attr.append(pool_rows(out["attribution"], rows, len(batch), "sum").cpu()[torch.from_numpy(has)])
-        keep += [sl.start + i for i in np.flatnonzero(has)]
-        correct.append(ok[has]); ld.append(scores["logit_diff"].cpu().numpy()[has])
+        return dict(err=float((out["logit_diff"] - scores["logit_diff"]).abs().max()),
+                    acts=pool_rows(out["latents"], rows, len(batch)).cpu()[torch.from_numpy(has)],
+                    attr=pool_rows(out["attribution"], rows, len(batch), "sum").cpu()[torch.from_numpy(has)],
+                    keep=[sl.start + i for i in np.flatnonzero(has)], correct=ok[has], ld=scores["logit_diff"].cpu().numpy()[has])
+    parts = [r for r in map_batches(one, slices, "identify: score", leave=False) if r is not None]  # split over torchrun's ranks
+    keep = [i for r in parts for i in r["keep"]]
+    acts, attr, correct, ld = ([r[k] for r in parts] for k in ("acts", "attr", "correct", "ld"))
+    err = max([0.0] + [r["err"] for r in parts])
     if not keep:
         raise IdentifyError(f"None of the {len(questions)} select questions has {position_type!r} positions: "
                             "choose another feature_identification.position_type or other task_types.")
@@ -231,13 +241,14 @@ def set_effects(vlm, sae, questions:pd.DataFrame, how:SetAblation,
     t_all, f_all = questions["true option"].astype(str).tolist(), questions["false option"].astype(str).tolist()
     keep = np.flatnonzero(positions_found(vlm, questions, how.kind) & distinct_first_tokens(vlm, t_all, f_all)).tolist()
     q, rows = plan_batches(vlm, len(extra), max_questions=batch_size, shared_prefix=how.kind != "all")
-    change, baseline = [], []
-    for sl in tqdm(_slices(len(keep), q), desc="identify: ablate", leave=False):
+    from binding_sae.distributed import map_batches
+    def one(sl):  # one batch of questions: (change [b, len(extra)], baseline [b])
         part = questions.iloc[keep[sl]]
         t, f = part["true option"].astype(str).tolist(), part["false option"].astype(str).tolist()
-        d, b = set_logit_diffs(vlm, sae, how, encode_questions(vlm, part, pad_at="question"), base, extra, t, f, spare,
+        return set_logit_diffs(vlm, sae, how, encode_questions(vlm, part, pad_at="question"), base, extra, t, f, spare,
                                max_rows=max_rows or rows)
-        change.append(d); baseline.append(b)
+    parts = map_batches(one, _slices(len(keep), q), "identify: ablate", leave=False)  # split over torchrun's ranks
+    change, baseline = [d for d, _ in parts], [b for _, b in parts]
     if not keep:
         raise IdentifyError(f"None of the {len(questions)} select questions has {how.kind!r} positions and two options "
                             "that start with different tokens: choose another ablation.position_type or other task_types.")
@@ -394,14 +405,15 @@ def describe_features(vlm, sae, questions:pd.DataFrame, # select questions of an
                       batch_size:int=32, n_examples:int=8, # top-activating questions kept per latent
                      ) -> dict:
     "Per latent: top tokens, top question families, tracked colours/shapes/options, top examples."
-    desc = {j: _Description() for j in feature_ids}
+    from binding_sae.distributed import map_batches
     ids = torch.tensor(feature_ids, dtype=torch.long)
-    for sl in tqdm(_slices(len(questions), batch_size), desc="identify: describe", leave=False):
+    def one(sl):  # one batch: what each latent fires on there, its top examples already cut to n_examples
+        desc = {j: _Description() for j in feature_ids}
         part = questions.iloc[sl]
         batch = encode_questions(vlm, part, pad_at="question")
         views = [_view_positions(p, position_type) if len(p[position_type]) else None for p in batch.positions]
         live = [i for i, v in enumerate(views) if v is not None and len(v)]
-        if not live: continue
+        if not live: return desc
         rows = torch.cat([torch.full_like(views[i], i) for i in live]); cols = torch.cat([views[i] for i in live])
         span = Span.of(sae, layer)  # a `Span`: every site's latents, global ids
         x = capture(vlm, span.sites, batch, (rows, cols))
@@ -416,6 +428,12 @@ def describe_features(vlm, sae, questions:pd.DataFrame, # select questions of an
             for m, j in enumerate(feature_ids):
                 desc[j].add(row, sl.start + i, toks, acts[:, m], in_kind, opt, min_activation)
         for d in desc.values(): d.top_examples(n_examples)
+        return desc
+    desc = {j: _Description() for j in feature_ids}
+    for part in map_batches(one, _slices(len(questions), batch_size), "identify: describe", leave=False):  # split over the ranks
+        for j, d in part.items():  # in batch order: the counters keep the order in which one process first met each key
+            for k in ("tokens", "families", "color", "shape", "option"): getattr(desc[j], k).update(getattr(d, k))
+            desc[j].examples += d.examples; desc[j].top_examples(n_examples)
     return {j: d.result() for j, d in desc.items()}
 
 # %% ../nbs/02_identify.ipynb #d3611e08

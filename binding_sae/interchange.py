@@ -26,6 +26,7 @@ from .forward import (Prefix, SetAblation, prefix_length, run_baseline, run_cond
                                  condition_positions, plan_batches, set_index, set_contributions,
                                  Span, stacked, condition_index, edit_sites, capture)
 from .stats import bootstrap_ci, permutation_p
+from .distributed import map_batches
 
 # %% ../nbs/03_interchange.ipynb #f64cd082
 log = logging.getLogger(__name__)
@@ -343,9 +344,7 @@ def interchange_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to
         store = ChunkStore(exp, "interchange", inputs_key(cfg, exp, interchange_inputs(exp)))
         qb, n_rows = plan_batches(vlm, len(FIXED_CONDITIONS) + len(sets), ic.batch_size, shared_prefix=how.kind != "all",
                                   max_questions=8 if str(vlm.device).startswith("cuda") else 32)
-        parts = []
-        for a0 in tqdm(range(0, len(pairs), qb), desc="interchange", leave=False, disable=len(pairs) <= qb):
-            g = pairs.iloc[a0:a0 + qb]
+        def one(g):  # one group of pairs: its arrays, from the resume store or measured
             key = chunk_name("interchange", g, len(sets))
             r = store.load(key)
             if r is None:
@@ -356,7 +355,9 @@ def interchange_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to
                                         enc(_rows(g, "same_img_id", "same_image_path")), sae, how, sets, ids, n_rows)
                 r = {k: out[k] for k in ("baseline", "counterfactual", "same", "fixed", "sets")}
                 store.save(key, r)
-            parts.append(r)
+            return r
+        parts = map_batches(one, [pairs.iloc[a0:a0 + qb] for a0 in range(0, len(pairs), qb)], "interchange",
+                            leave=False, disable=len(pairs) <= qb)  # split over torchrun's ranks
         cat = lambda k: {m: np.concatenate([p[k][m] for p in parts]) for m in parts[0][k]} if parts else {}
         merged = {k: cat(k) for k in ("baseline", "counterfactual", "same", "fixed", "sets")}
         b, c, s = (merged[k]["logit_diff"] for k in ("baseline", "counterfactual", "same"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'METHOD_DIRECTIVES', 'MODEL_STEPS', 'CSV_KEYS', 'Engine',
-           'Step', 'get_step', 'parse_steps', 'notebooks_dir', 'run_copy', 'StepFailed', 'ensure_before',
+           'SPLIT_STEPS', 'Step', 'get_step', 'parse_steps', 'notebooks_dir', 'run_copy', 'StepFailed', 'ensure_before',
            'InputsMissing', 'model_problem', 'data_problems', 'pairs_problem', 'folder_problem', 'check_inputs',
            'RunOptions', 'run_pipeline', 'run_summary']
 
@@ -288,8 +288,10 @@ def _run_locked(cfg:Config, exp:Path, todo:list, o:RunOptions, overrides) -> dic
             (exp / f"{later}.done.json").unlink(missing_ok=True)
     return _run_steps(cfg, exp, todo, o, overrides)
 
+SPLIT_STEPS = ("train", "identify", "ablate", "knockout", "interchange")  # under torchrun every rank runs these, each its share
+
 def _run_steps(cfg:Config, exp:Path, todo:list, o:RunOptions, overrides=None) -> dict:
-    "The steps, in order; under torchrun train is data parallel and the others run on rank 0 while the rest wait."
+    "The steps, in order; under torchrun the `SPLIT_STEPS` run on every rank (each its share) and the others on rank 0 while the rest wait."
     manifest = _read_manifest(exp, cfg)
     if D.world_size() > 1: manifest["distributed"] = D.record({"rank": D.rank()})
     finished = D.run_on_main(lambda: [s.name for s in todo if step_done(exp, s.name, cfg)])  # decided once, for every rank
@@ -302,9 +304,10 @@ def _run_steps(cfg:Config, exp:Path, todo:list, o:RunOptions, overrides=None) ->
         log.info("step %d: %s", step.number, step.name)
         try:
             if o.engine != "direct": _run_papermill(step, cfg, exp, overrides or {})
-            elif step.name == "train" or D.world_size() == 1: _call(step.function, cfg, exp)  # every rank takes part in train
+            elif step.name in SPLIT_STEPS or D.world_size() == 1: _call(step.function, cfg, exp)  # every rank takes part
             else: D.run_on_main(lambda: _call(step.function, cfg, exp), f"step {step.name}")
-            rec = D.record({"did": "its share" if step.name == "train" else "the step" if D.is_main() else "waited for rank 0"})
+            rec = D.record({"did": "its share", **D.shares()} if step.name in SPLIT_STEPS else
+                           {"did": "the step" if D.is_main() else "waited for rank 0"})
         except BaseException as e:
             manifest["steps"][step.name] = {"status": "failed", "wall_s": round(time.time() - t0, 3), "error": str(e),
                                             "config_hash": config_hash(cfg)}

@@ -1,10 +1,13 @@
 """Step 1 (harvest + SAE training) under `torchrun --nproc_per_node 2` (gloo, CPU) against one process on the smoke
 config: the harvested shards and index are the same bytes, the SAE weights agree within 1e-6, only rank 0 writes the
 folder's JSON, a killed rank stops the launch with an error instead of a hang, and a rerun with one process resumes
-the SAE training from the checkpoint the two ranks left."""
-import json, os, signal, subprocess, sys, time
+the SAE training from the checkpoint the two ranks left. Steps 2 and 3 (identify, ablate, knockout, interchange), whose
+question batches the two ranks split, write the same JSON bytes as one process."""
+import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
+from concurrent.futures import ThreadPoolExecutor
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -14,11 +17,11 @@ SHORT = ["--set", "training.n_tokens=2560", "--set", "training.checkpoint_every=
 LONG = ["--set", "training.n_tokens=256000", "--set", "training.checkpoint_every=20"]  # 1000 steps: time to kill a rank
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "BINDING_SAE_DIST_TIMEOUT_S": "60", "OMP_NUM_THREADS": "1"}
 
-def launch(exp, *args, ranks:int=1, **kw):
-    "The train step of the smoke config into `exp`, in one process or under torchrun with `ranks` ranks."
+def launch(exp, *args, ranks:int=1, steps:str="train", **kw):
+    "Steps (default: train) of the smoke config into `exp`, in one process or under torchrun with `ranks` ranks."
     head = [sys.executable, "-m", "binding_sae.cli"] if ranks == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "-m", "binding_sae.cli"]
-    cmd = [*head, "run", "--config", CONFIG, "--steps", "train", "--engine", "direct", "--experiment_dir", str(exp), *args]
+    cmd = [*head, "run", "--config", CONFIG, "--steps", steps, "--engine", "direct", "--experiment_dir", str(exp), *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 def finish(p, timeout=600) -> str:
@@ -29,10 +32,18 @@ def finish(p, timeout=600) -> str:
 def files(folder) -> dict:
     return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(Path(folder).rglob("*")) if f.is_file()}
 
-def test_two_ranks_match_one(tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    finish(launch(one, *SHORT))
-    finish(launch(two, *SHORT, ranks=2))
+SMALL = ["--set", "feature_identification.batch_size=8"]  # 6 select batches: 3 per rank in identify's loops
+
+@pytest.fixture(scope="module")
+def step1(tmp_path_factory):
+    "Step 1 of the smoke config (short SAE training) in one process, shared by the tests (left as it is)."
+    one = tmp_path_factory.mktemp("step1") / "one"
+    finish(launch(one, *SHORT, *SMALL))
+    return one
+
+def test_two_ranks_match_one(tmp_path, step1):
+    one, two = step1, tmp_path / "two"
+    finish(launch(two, *SHORT, *SMALL, ranks=2))
     a, b = files(one / "activations"), files(two / "activations")
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a), sorted(k for k in a if a.get(k) != b.get(k))
     assert not (two / "activations/train/ranks").exists()
@@ -57,6 +68,30 @@ def test_two_ranks_match_one(tmp_path):
     assert "resuming SAE training" in out, out[-3000:]
     hist = json.loads((two / "sae/history.json").read_text())
     assert hist[-1]["step"] == 1000 and [h["step"] for h in hist] == sorted({h["step"] for h in hist})
+
+RESULTS = ["feature_catalog.json", "feature_stats.json", "results/ablation_results.json", "results/knockout_results.json",
+           "results/interchange_results.json"]
+
+def test_causal_steps_two_ranks_match_one(tmp_path, step1):
+    one, two = tmp_path / "one", tmp_path / "two"
+    for e in (one, two): shutil.copytree(step1, e)  # the same step 1 under both
+    runs = [launch(one, *SHORT, *SMALL, steps="2,3"), launch(two, *SHORT, *SMALL, steps="2,3", ranks=2)]  # side by side
+    with ThreadPoolExecutor(2) as pool: list(pool.map(finish, runs))  # both pipes read at once
+    for f in RESULTS: assert (one / f).read_bytes() == (two / f).read_bytes(), f
+    assert not (two / "results/.partial").exists()
+    timing = {"wall_s", "distributed", "gpu_peak_gib"}
+    for step in ("identify", "ablate", "knockout", "interchange"):
+        a, b = (json.loads((e / f"{step}.done.json").read_text()) for e in (one, two))
+        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}, step
+        ranks = b["distributed"]["ranks"]
+        assert b["distributed"]["world_size"] == 2 and set(ranks) == {"0", "1"} and "distributed" not in a
+        for label, r0 in ranks["0"].items():  # every kind of work: the two ranks' batches add up to all of them
+            assert r0["batches"] + ranks["1"][label]["batches"] == r0["of"] == ranks["1"][label]["of"], (step, label)
+    shares = json.loads((two / "identify.done.json").read_text())["distributed"]["ranks"]
+    for label in ("identify: score", "identify: describe"): assert min(shares[r][label]["batches"] for r in "01") >= 2, shares
+    assert min(shares[r]["identify: ablate"]["batches"] for r in "01") > 0, shares  # every greedy step's measurement is split
+    m = json.loads((two / "manifest.json").read_text())
+    assert m["steps"]["ablate"]["distributed"]["ranks"]["1"]["did"] == "its share"
 
 def worker_pids(pid:int) -> list:
     "The child processes of `pid` (torchrun's workers)."
