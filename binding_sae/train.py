@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_train.ipynb #d156f2df
 from __future__ import annotations
-import json, logging, shutil
+import json, logging, math, shutil
 from pathlib import Path
 
 # %% auto #0
@@ -142,7 +142,6 @@ def shard_paths(out_dir, layer:int) -> list[Path]:
 # %% ../nbs/01_train.ipynb #b7e0f412
 def _harvest_ranks(vlm, questions, layers, positions, out_dir, batch_size, shard_size, dtype, progress, hook) -> dict:
     "Each rank harvests a contiguous block of whole batches into `ranks/rank<r>/`; rank 0 re-cuts them into one process's shards."
-    import math
     out, ids = Path(out_dir), questions.question_id.astype(str).tolist()
     settings = _settings(vlm, ids, layers, positions, dtype, batch_size, shard_size, hook)
     def finished():
@@ -244,8 +243,8 @@ def _train(cfg:Config, run) -> dict:
     layers = sorted(set(target_layers(cfg) + list(h.layers or [])))
     tr = harvest(vlm, train_q, layers, kind, exp / "activations/train", h.batch_size, h.shard_size, h.dtype, hook=h.hook)
     ev = harvest(vlm, eval_q, [s.layer for s in sites], kind, exp / "activations/eval", h.batch_size, h.shard_size, h.dtype, hook=h.hook)
-    n_batches = -(-len(train_q) // h.batch_size)
-    run.work = dict(harvest_train_batches=[D.block(n_batches).start, D.block(n_batches).stop],  # this rank's share (torchrun)
+    mine = D.block(math.ceil(len(train_q) / h.batch_size))  # this rank's harvest batches (all of them without torchrun)
+    run.work = dict(harvest_train_batches=[mine.start, mine.stop],  # this rank's share (torchrun)
                     sae_rows_per_batch=len(D.block(cfg.training.batch_size)))
     if tr["vectors"] < cfg.training.batch_size:
         raise UserError(f"Only {tr['vectors']} activation vectors were harvested, fewer than training.batch_size "

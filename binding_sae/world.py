@@ -435,14 +435,20 @@ def read_counterfactuals(questions_csv:str|Path, # a world's `questions.csv`; th
 
 
 # %% ../nbs/12_world.ipynb #23c5c07d
+_PASSED = set()  # (path, n_scenes, seed, size, mtime_ns) of the worlds that passed in this process
+
 def check_world(out_dir:str|Path, # a world folder
                 n_scenes:int=1000, seed:int=0, # the `make_world` arguments it should have been written with
                ) -> None:
     "`UserError` unless `out_dir/questions.csv` is exactly what `make_world(out_dir, n_scenes, seed)` writes."
     csv = Path(out_dir) / 'questions.csv'
+    st = csv.stat() if csv.exists() else None
+    key = st and (str(csv.resolve()), n_scenes, seed, st.st_size, st.st_mtime_ns)
+    if key in _PASSED: return
     rows = [r for _, rs, _, _ in _world(n_scenes, seed, FAMILIES, 1, 2, 4, n_scenes // 10, False) for r in rs]
-    if not csv.exists() or csv.read_bytes() != _questions_csv(rows).encode('utf-8'):
+    if st is None or csv.read_bytes() != _questions_csv(rows).encode('utf-8'):
         raise UserError(f'{csv} is not the world of n_scenes={n_scenes}, seed={seed} that this version of the generator '
                         f'writes: delete {csv.parent} to have it generated again, or drop dataset.world from the config to '
                         'use the CSV as it is.')
+    _PASSED.add(key)
 
