@@ -28,7 +28,7 @@ from .vlm import VLM, Batch, option_token_ids, positions_found, scorable
 from .forward import (METRICS, FLOWS, ConditionRecord, SetAblation, Prefix, prefix_length, run_baseline,
                                  run_conditions, metrics_numpy, condition_positions, condition_blocks,
                                  plan_batches, knockout, knockout_layers, flow_blocks, set_index, set_contributions,
-                                 ablation_deltas, site_conditions, Span, span_ablation, edit_sites, capture)
+                                 ablation_deltas, Span, remove_sets, edit_sites, capture)
 from .stats import bootstrap_ci
 from .distributed import map_batches
 
@@ -206,9 +206,8 @@ def ablate_batch(vlm:VLM, batch:Batch, # questions encoded with pad_at='question
     "Baseline and per-set metrics of a batch: {'baseline': {m: [B]}, 'sets': {m: [B, n_sets]}, 'ceiling': {m: [B, 2]}, 'track': [B, len(track)]}."
     cols = [p[how.kind] for p in batch.positions]
     if any(len(c) == 0 for c in cols): raise AblationError(f"Some rows have no {how.kind} positions; filter them first (counted skip).")
-    span = Span.of(sae, how.site)
-    deltas, above = span_ablation(span, sets, how.mode, how.delta_scale, ceiling_deltas if ceiling else None)  # every set, then the ceilings
-    baseline, out, x = site_conditions(vlm, batch, span.sites[0], cols, ids, deltas, n_rows, segments, above)
+    baseline, out, x, span = remove_sets(vlm, batch, sae, how, sets, ids, n_rows, segments,
+                                         ceiling_deltas if ceiling else None)  # every set, then the ceilings
     res = dict(baseline=baseline, sets={k: v[:, :len(sets)] for k, v in out.items()})
     if ceiling: res["ceiling"] = {k: v[:, len(sets):] for k, v in out.items()}
     if track: res["track"] = _site_latents(vlm, batch, span, x, cols, list(track))

@@ -19,7 +19,7 @@ __all__ = ['FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'e
            'plan_batches', 'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout',
            'segment_blocks', 'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy',
            'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions', 'Span', 'stacked', 'condition_index',
-           'ablation_deltas', 'site_conditions', 'span_ablation']
+           'ablation_deltas', 'site_conditions', 'span_ablation', 'remove_sets']
 
 # %% ../nbs/18_forward.ipynb #9634836e
 from .config import Config, target_layers, EditPosition, AblationMode, Flow, Hook, OBJECT_FLOWS
@@ -746,4 +746,20 @@ def span_ablation(span:Span, sets:list, # global feature sets, one condition eac
     above = [(s, live(sa, set_index(p, sa.W_dec.device))) for s, sa, p in zip(span.sites[1:], span.saes[1:], parts[1:])
              if extra is not None or mode == "replace" or any(p)]  # a site no set touches (residual mode) is left alone
     return deltas, above
+
+
+# %% ../nbs/18_forward.ipynb #5ea0aac2
+def remove_sets(vlm:VLM, batch:Batch, # questions encoded with pad_at='question'
+                sae, how:SetAblation, # an SAE (or a `Span`: global ids), and where and how its sets are removed
+                sets:list, # feature sets, one condition each
+                ids:tuple, # (true, false): first option tokens per row
+                n_rows:int=64, # rows (question × condition) per forward
+                segments:bool|None=None, # force the layout (as `run_conditions`)
+                extra=None, # conditions after the sets at every site (as `span_ablation`)
+               ) -> tuple:
+    "(baseline metrics, metrics per condition, the lowest site's output at each row's positions, the `Span`): each set removed at every site."
+    span = Span.of(sae, how.site)
+    deltas, above = span_ablation(span, sets, how.mode, how.delta_scale, extra)
+    cols = [p[how.kind] for p in batch.positions]
+    return (*site_conditions(vlm, batch, span.sites[0], cols, ids, deltas, n_rows, segments, above), span)
 

@@ -31,7 +31,7 @@ from .distributed import is_main
 from .vlm import (score_options, score_logits, greedy_answers, answer_matches, option_ids, option_token_ids,
                              positions_found)
 from .forward import (Site, SetAblation, Prefix, capture, edit_residual, prefix_length, run_baseline, run_conditions,
-                                 plan_batches, site_conditions, ablation_deltas, set_index, Span, span_ablation, edit_sites)
+                                 plan_batches, ablation_deltas, set_index, Span, edit_sites, remove_sets)
 
 # %% ../nbs/02_identify.ipynb #837c3d90
 log = logging.getLogger(__name__)
@@ -211,11 +211,8 @@ def set_logit_diffs(vlm, sae, how:SetAblation, # where and how the sets are remo
                    ) -> tuple:
     "(change of logit_diff [B, len(extra)], unablated logit_diff [B]) when each condition's set is removed at the `how.kind` positions."
     sets = [list(base) if e < 0 else [j for j in base if j != e] if spare else list(base) + [int(e)] for e in extra]
-    span = Span.of(sae, how.site)  # a `Span`: every site of the set's parts edited in the same forward
-    deltas, above = span_ablation(span, sets, how.mode, how.delta_scale)
     ids = (option_token_ids(vlm, true_options), option_token_ids(vlm, false_options))
-    b, m, _ = site_conditions(vlm, batch, span.sites[0], [p[how.kind] for p in batch.positions], ids, deltas, max_rows,
-                              above=above)
+    b, m, _, _ = remove_sets(vlm, batch, sae, how, sets, ids, max_rows)  # every site of a span edited in the same forward
     base_ld = torch.from_numpy(b["logit_diff"])
     return torch.from_numpy(m["logit_diff"]) - base_ld[:, None], base_ld
 
