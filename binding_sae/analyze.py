@@ -494,6 +494,11 @@ def summarize_interchange(interchange:dict|None, # parsed interchange_results.js
             "primary_task": t and t["task"], "carries_binding": bool(t and t["carries_binding"]),
             "headline": interchange_headline(t, md)}
 
+def _layers_words(layer) -> str:
+    "A metadata `layer` in words: `layer 2` for one (an int or a list of one), `layers 1, 2` for a span."
+    ls = layer if isinstance(layer, list) else [layer]
+    return f"layer{'s' if len(ls) > 1 else ''} {', '.join(map(str, ls))}"
+
 def interchange_headline(t:dict|None, # one task of `summarize_interchange`
                          md:dict|None=None, # interchange_results.json metadata
                         ) -> str:
@@ -504,7 +509,7 @@ def interchange_headline(t:dict|None, # one task of `summarize_interchange`
     g = lambda x: "—" if x is None else f"{x:.3g}"
     ci_s = f" (95 % CI {_pc(ci[0])} to {_pc(ci[1])})" if _finite(ci[0]) else ""
     return (f"Interchange {'CARRIES THE BINDING' if t['carries_binding'] else 'does not show the binding'} in {t['task']} "
-            f"({md.get('position_type', '?')} positions, layer {md.get('layer', '?')}, {t['n_pairs']} pairs): swapping the "
+            f"({md.get('position_type', '?')} positions, {_layers_words(md.get('layer', '?'))}, {t['n_pairs']} pairs): swapping the "
             f"selected features from the counterfactual twin swaps the answer in {_pc(t['swap_rate'])}{ci_s} of pairs vs "
             f"{_pc(t['random_swap_rate_mean'])} on average and {_pc(t['random_swap_rate_max'])} at most for "
             f"{md.get('n_random_sets', '?')} matched random sets (p {g(t['permutation_p'])}); the whole residual swaps "

@@ -217,9 +217,15 @@ def auto_problems(cfg:Config) -> list[str]:
         except UserError as e: out.append(str(e))
     csv, tasks = role_source(cfg, "binding")
     if csv is None or not csv.is_file(): return out  # a world made on first use has select questions; a missing CSV is its own error
-    try: df = load_questions(csv, cfg.path(d.image_folder), tasks, max_questions=d.max_questions, check_images=False)
+    quiet = logging.getLogger("binding_sae.data")  # the loading and the split report nothing here: the sentence below does
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        df = load_questions(csv, cfg.path(d.image_folder), tasks, max_questions=d.max_questions, check_images=False)
+        in_select = (split_by_image(df, d.split_fractions, d.split_seed).split == "select").any()
     except UserError: return out  # `data_problems` names it
-    if not (split_by_image(df, d.split_fractions, d.split_seed).split == "select").any():
+    finally: quiet.setLevel(level)
+    if not in_select:
         out.append(f"model.target_layer is auto, which chooses the layers from the knockout sweep on the select split's binding "
                    f"questions, but none of the {len(df)} binding questions falls in select: give the layers yourself "
                    "(model.target_layer: L), or more questions or a larger dataset.split_fractions.select.")
