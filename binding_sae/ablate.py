@@ -16,8 +16,8 @@ __all__ = ['log', 'POSITION_TYPES', 'MODES', 'BASELINES', 'CONTROL_ROLES', 'CEIL
            'CEILING_EDITS', 'BOX_COLUMNS', 'AblationError', 'log_stat', 'match_quality', 'matched_random_sets',
            'decoded_norms', 'top_latents', 'trivial_baselines', 'ceiling_deltas', 'ablate_batch', 'ablate_questions',
            'per_feature_effects', 'condition_record', 'accuracy_by_option_contrast', 'knockout_batch',
-           'check_knockout_attention', 'best_random_on_select', 'ablate_step', 'knockout_candidates', 'knockout_step',
-           'check_knockout_boxes', 'object_rows']
+           'check_knockout_attention', 'best_random_on_select', 'ablate_step', 'knockout_candidates', 'sweep_layers',
+           'knockout_sweep', 'knockout_step', 'check_knockout_boxes', 'object_rows', 'layer_span', 'choose_layers']
 
 # %% ../nbs/03_ablate.ipynb #8c23cf97
 from .config import (Config, UserError, atomic_write_json, config_hash, EditPosition,
@@ -508,6 +508,75 @@ def knockout_candidates(vlm:VLM, df, k, # the questions; the config's knockout s
     keep = np.concatenate(keep) if keep else np.zeros(0, bool)
     return df.iloc[:len(keep)][keep].iloc[:k.max_samples].reset_index(drop=True)
 
+def sweep_layers(k, vlm:VLM) -> list:
+    "The layers a knockout sweep covers: `k.layers` (a knockout section), all of the model's when unset; checked against the model."
+    layers = list(k.layers) if k.layers is not None else list(range(vlm.n_layers))
+    if any(not 0 <= l < vlm.n_layers for l in layers): raise AblationError(f"knockout.layers {layers} must lie in 0–{vlm.n_layers - 1}.")
+    return layers
+
+def knockout_sweep(cfg:Config, exp:Path, vlm:VLM, df, # the config, the experiment folder, the model; the binding questions of one split
+                   k, layers:list, cum:dict, # knockout settings (`cfg.knockout`, or a copy with other flows); the layers swept; {flow: layers blocked at once}
+                   store:ChunkStore, split:str, # resume store; the split `df` comes from (recorded)
+                  ) -> dict:
+    "The sweep of `k.flows` over `layers` (window `k.window`) and the cumulative blocks `cum` on the questions `df` the model answers right (`k.filter_correct`, at most `k.max_samples`): what `knockout_results.json` holds."
+    choose_variant(vlm, df, exp)
+    df, n_same_first = scorable(vlm, df)
+    ok = positions_found(vlm, df, "question")
+    df = df[ok].reset_index(drop=True)
+    needs_box = any(f in OBJECT_FLOWS for f in k.flows)
+    df, n_no_box, n_cropped = object_rows(vlm, df) if needs_box else (df, 0, 0)
+    labels = [(fl, l) for fl in k.flows for l in layers] + [(fl, "cumulative") for fl in cum]
+    qb, n_rows = plan_batches(vlm, len(layers), k.batch_size, shared_prefix=True,
+                              max_questions=8 if str(vlm.device).startswith("cuda") else 32)
+    ids = lambda g: tuple(option_token_ids(vlm, g[c].astype(str).tolist()) for c in ("true option", "false option"))
+    sweep = knockout_candidates(vlm, df, k, qb, n_rows, store, ids) if k.filter_correct else df
+    base_all, cond_all, qids, n_swept = {m: [] for m in METRICS}, {m: [] for m in METRICS}, [], 0
+    starts = list(range(0, len(sweep), qb))
+    if k.max_samples is not None: starts = starts[:-(-k.max_samples // qb)]  # up to the group that reaches max_samples
+    groups = [sweep.iloc[a0:a0 + qb] for a0 in starts]
+    def one(g):  # one group's baseline and conditions, from the resume store or measured
+        key = chunk_name("knockout", g, len(labels))
+        r = store.load(key)
+        if r is None:
+            batch = encode_questions(vlm, g, pad_at="question")
+            boxes = [tuple(float(v) for v in b) for b in g[BOX_COLUMNS].to_numpy()] if needs_box else None
+            kb = knockout_batch(vlm, batch, list(k.flows), layers, k.window, *ids(g), n_rows, boxes, cumulative=cum)
+            r = dict(baseline=kb["baseline"], conditions=kb["conditions"])
+            store.save(key, r)
+        return r
+    for g, r in zip(groups, map_batches(one, groups, "knockout", leave=False)):  # split over torchrun's ranks
+        for m in METRICS: base_all[m].append(r["baseline"][m]); cond_all[m].append(r["conditions"][m])
+        qids += g["question_id"].astype(str).tolist(); n_swept += len(g)
+    n = len(qids) if k.max_samples is None else min(len(qids), k.max_samples)
+    base = {m: np.concatenate(v)[:n] for m, v in base_all.items()}
+    cond = {m: np.concatenate(v)[:n] for m, v in cond_all.items()}
+    curves = {}
+    for fl in k.flows:
+        cols = [i for i, (f_, _) in enumerate(labels) if f_ == fl and _ != "cumulative"]
+        pct = cond["pct_change_pred_token_prob"][:, cols]
+        dld = cond["logit_diff"][:, cols] - base["logit_diff"][:, None]
+        cis = [bootstrap_ci(pct[:, j], n_bootstrap=cfg.ablation.n_bootstrap, seed=cfg.training.seed + j) for j in range(len(cols))]
+        curves[fl] = dict(layers=layers, mean_pct_change=[float(v) for v in pct.mean(0)] if n else [None] * len(cols),
+                          ci_low=[c[0] for c in cis], ci_high=[c[1] for c in cis],
+                          mean_logit_diff_change=[float(v) for v in dld.mean(0)] if n else [None] * len(cols),
+                          pct_change=[[float(x) for x in pct[:, j]] for j in range(len(cols))],
+                          logit_diff_change=[[float(x) for x in dld[:, j]] for j in range(len(cols))])
+    cumulative = {}
+    for fl, ls in cum.items():
+        j = labels.index((fl, "cumulative"))
+        pct, dld = cond["pct_change_pred_token_prob"][:, j], cond["logit_diff"][:, j] - base["logit_diff"]
+        cumulative[fl] = dict(layers=ls, logit_diff_change=[float(x) for x in dld], pct_change=[float(x) for x in pct],
+                              mean_logit_diff_change=_m(dld), mean_pct_change=_m(pct))
+    return {"metadata": dict(window=int(k.window), flows=list(k.flows), n_questions=int(n), metric="pct_change_pred_token_prob",
+                             layers=layers, filter_correct=bool(k.filter_correct), n_candidates=int(len(df)), n_swept=int(n_swept),
+                             n_skipped=int((~ok).sum()), n_skipped_no_box=n_no_box, n_skipped_box_cropped=n_cropped,
+                             n_same_first_token=n_same_first, config_hash=config_hash(cfg), model=cfg.model.name,
+                             option_variant=vlm.option_variant, split=split, n_bootstrap=int(cfg.ablation.n_bootstrap),
+                             seed=int(cfg.training.seed), cumulative_layers={fl: ls for fl, ls in cum.items()}),
+            "question_id": qids[:n],
+            "baseline": {m: [float(x) for x in base[m]] for m in ("logit_diff", "pred_token_prob", "true_prob", "correct")},
+            "curves": curves, "cumulative": cumulative}
+
 def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to reuse
                  ) -> dict:
     "Step 3b: attention-knockout layer sweep on the binding test questions → results/knockout_results.json."
@@ -517,74 +586,17 @@ def knockout_step(cfg:Config, exp_dir, vlm:VLM|None=None, # a loaded model to re
     with step_run(cfg, exp, "knockout") as run:
         df = held_out_questions(cfg, exp)["binding"]
         vlm = open_model(cfg, vlm)
-        layers = list(k.layers) if k.layers is not None else list(range(vlm.n_layers))
-        if any(not 0 <= l < vlm.n_layers for l in layers): raise AblationError(f"knockout.layers {layers} must lie in 0–{vlm.n_layers - 1}.")
+        layers = sweep_layers(k, vlm)
         L = max(target_layers(cfg))  # a span: its top layer
         if not 0 <= L < vlm.n_layers: raise AblationError(f"model.target_layer {L} must lie in 0–{vlm.n_layers - 1}.")
-        cum = {"Image->Question": list(range(L + 1))}
-        choose_variant(vlm, df, exp)
-        df, n_same_first = scorable(vlm, df)
-        ok = positions_found(vlm, df, "question")
-        df = df[ok].reset_index(drop=True)
-        needs_box = any(f in OBJECT_FLOWS for f in k.flows)
-        df, n_no_box, n_cropped = object_rows(vlm, df) if needs_box else (df, 0, 0)
-        labels = [(fl, l) for fl in k.flows for l in layers] + [(fl, "cumulative") for fl in cum]
         store = ChunkStore(exp, "knockout", inputs_key(cfg, exp, ["splits.csv", "feature_catalog.json"]))
-        qb, n_rows = plan_batches(vlm, len(layers), k.batch_size, shared_prefix=True,
-                                  max_questions=8 if str(vlm.device).startswith("cuda") else 32)
-        ids = lambda g: tuple(option_token_ids(vlm, g[c].astype(str).tolist()) for c in ("true option", "false option"))
-        sweep = knockout_candidates(vlm, df, k, qb, n_rows, store, ids) if k.filter_correct else df
-        base_all, cond_all, qids, n_swept = {m: [] for m in METRICS}, {m: [] for m in METRICS}, [], 0
-        starts = list(range(0, len(sweep), qb))
-        if k.max_samples is not None: starts = starts[:-(-k.max_samples // qb)]  # up to the group that reaches max_samples
-        groups = [sweep.iloc[a0:a0 + qb] for a0 in starts]
-        def one(g):  # one group's baseline and conditions, from the resume store or measured
-            key = chunk_name("knockout", g, len(labels))
-            r = store.load(key)
-            if r is None:
-                batch = encode_questions(vlm, g, pad_at="question")
-                boxes = [tuple(float(v) for v in b) for b in g[BOX_COLUMNS].to_numpy()] if needs_box else None
-                kb = knockout_batch(vlm, batch, list(k.flows), layers, k.window, *ids(g), n_rows, boxes, cumulative=cum)
-                r = dict(baseline=kb["baseline"], conditions=kb["conditions"])
-                store.save(key, r)
-            return r
-        for g, r in zip(groups, map_batches(one, groups, "knockout", leave=False)):  # split over torchrun's ranks
-            for m in METRICS: base_all[m].append(r["baseline"][m]); cond_all[m].append(r["conditions"][m])
-            qids += g["question_id"].astype(str).tolist(); n_swept += len(g)
-        n = len(qids) if k.max_samples is None else min(len(qids), k.max_samples)
-        base = {m: np.concatenate(v)[:n] for m, v in base_all.items()}
-        cond = {m: np.concatenate(v)[:n] for m, v in cond_all.items()}
-        curves = {}
-        for fl in k.flows:
-            cols = [i for i, (f_, _) in enumerate(labels) if f_ == fl and _ != "cumulative"]
-            pct = cond["pct_change_pred_token_prob"][:, cols]
-            dld = cond["logit_diff"][:, cols] - base["logit_diff"][:, None]
-            cis = [bootstrap_ci(pct[:, j], n_bootstrap=cfg.ablation.n_bootstrap, seed=cfg.training.seed + j) for j in range(len(cols))]
-            curves[fl] = dict(layers=layers, mean_pct_change=[float(v) for v in pct.mean(0)] if n else [None] * len(cols),
-                              ci_low=[c[0] for c in cis], ci_high=[c[1] for c in cis],
-                              mean_logit_diff_change=[float(v) for v in dld.mean(0)] if n else [None] * len(cols),
-                              pct_change=[[float(x) for x in pct[:, j]] for j in range(len(cols))],
-                              logit_diff_change=[[float(x) for x in dld[:, j]] for j in range(len(cols))])
-        cumulative = {}
-        for fl, ls in cum.items():
-            j = labels.index((fl, "cumulative"))
-            pct, dld = cond["pct_change_pred_token_prob"][:, j], cond["logit_diff"][:, j] - base["logit_diff"]
-            cumulative[fl] = dict(layers=ls, logit_diff_change=[float(x) for x in dld], pct_change=[float(x) for x in pct],
-                                  mean_logit_diff_change=_m(dld), mean_pct_change=_m(pct))
-        results = {"metadata": dict(window=int(k.window), flows=list(k.flows), n_questions=int(n), metric="pct_change_pred_token_prob",
-                                    layers=layers, filter_correct=bool(k.filter_correct), n_candidates=int(len(df)), n_swept=int(n_swept),
-                                    n_skipped=int((~ok).sum()), n_skipped_no_box=n_no_box, n_skipped_box_cropped=n_cropped,
-                                    n_same_first_token=n_same_first, config_hash=config_hash(cfg), model=cfg.model.name,
-                                    option_variant=vlm.option_variant, split="test", n_bootstrap=int(cfg.ablation.n_bootstrap),
-                                    seed=int(cfg.training.seed), cumulative_layers={fl: ls for fl, ls in cum.items()}),
-                   "question_id": qids[:n],
-                   "baseline": {m: [float(x) for x in base[m]] for m in ("logit_diff", "pred_token_prob", "true_prob", "correct")},
-                   "curves": curves, "cumulative": cumulative}
+        results = knockout_sweep(cfg, exp, vlm, df, k, layers, {"Image->Question": list(range(L + 1))}, store, "test")
         run.write_json("results/knockout_results.json", results)
         store.clear()
-        counts = dict(n_questions=int(n), n_swept=int(n_swept), n_flows=len(k.flows), n_layers=len(layers))
-        run.counts = counts
+        md = results["metadata"]
+        run.counts = dict(n_questions=md["n_questions"], n_swept=md["n_swept"], n_flows=len(k.flows), n_layers=len(layers))
     return run.counts
+
 
 # %% ../nbs/03_ablate.ipynb #941f7133
 from .config import OBJECT_FLOWS
@@ -623,3 +635,54 @@ def object_rows(vlm:VLM, df) -> tuple:
         log.warning("%d knockout questions skipped for the object-level flows: %d without a central-object box, %d with the "
                     "box outside the processor's centre crop", n_no_box + n_cropped, n_no_box, n_cropped)
     return df[visible].reset_index(drop=True), n_no_box, n_cropped
+
+# %% ../nbs/03_ablate.ipynb #25307f4e
+def layer_span(layers:list, drop, # the layers swept and each one's drop (% of the answer token's probability)
+               share:float=0.5, max_layers:int|None=None, # keep drops ≥ share × the peak; at most this many (the largest)
+               min_drop:float=5.0, what:str="The knockout", # the smallest peak that counts; the sweep, named in the error
+              ) -> dict:
+    "The layers (sorted) whose drop is at least `share` × the peak drop, at most `max_layers` of them; with the peak layer, its drop and the threshold."
+    drop = np.asarray(drop, float)
+    if not len(drop) or not np.nanmax(drop) >= min_drop:
+        raise AblationError(f"{what} lowers the answer by at most {np.nanmax(drop) if len(drop) else 0:.2g} % at any of the layers "
+                            f"{layers} (knockout.auto_min_drop is {min_drop:g} %), so model.target_layer auto has no layer to choose: "
+                            "give the layers yourself (model.target_layer: L) or choose another knockout.auto_flow.")
+    peak = int(np.nanargmax(drop))  # the first of equal peaks: the lower layer
+    keep = [i for i in range(len(drop)) if drop[i] >= share * drop[peak]]
+    if max_layers is not None: keep = sorted(sorted(keep, key=lambda i: (-drop[i], i))[:max_layers])
+    return dict(layers=[int(layers[i]) for i in keep], peak_layer=int(layers[peak]), peak_drop=float(drop[peak]),
+                threshold=float(share * drop[peak]))
+
+
+# %% ../nbs/03_ablate.ipynb #33ba7111
+from dataclasses import replace as _replace
+
+def choose_layers(cfg:Config, exp_dir, vlm:VLM) -> dict:
+    "Step 1's choice for `model.target_layer: auto`: the `knockout.auto_flow` sweep on the select split's binding questions, its peak and the layers kept (`layer_span`); written to `<exp>/layer_choice.json`."
+    from binding_sae.experiment import experiment_questions, split_questions, LAYER_CHOICE
+    exp, k = Path(exp_dir), _replace(cfg.knockout, flows=[cfg.knockout.auto_flow])
+    check_knockout_attention(cfg)
+    df = split_questions(experiment_questions(cfg, exp), "select")
+    layers = sweep_layers(k, vlm)
+    store = ChunkStore(exp, "layer_choice", inputs_key(cfg, exp, ["splits.csv"]))
+    variant = vlm.option_variant
+    try: res = knockout_sweep(cfg, exp, vlm, df, k, layers, {}, store, "select")
+    finally: vlm.option_variant = variant
+    md, curve = res["metadata"], res["curves"][k.auto_flow]
+    if not md["n_questions"]:
+        raise AblationError(f"model.target_layer auto chooses the layers from the knockout sweep on the select split, but none of its "
+                            f"{len(df)} binding questions can be swept ({md['n_candidates']} with question tokens, none of them "
+                            "answered right): give the layers yourself (model.target_layer: L) or set knockout.filter_correct: false.")
+    drop = [0.0 - v for v in curve["mean_pct_change"]]
+    span = layer_span(layers, drop, k.auto_share, k.auto_max_layers, k.auto_min_drop, f"The {k.auto_flow} knockout on the select split")
+    rec = dict(config_hash=config_hash(cfg), split="select", flow=k.auto_flow, window=int(k.window), share=float(k.auto_share),
+               max_layers=k.auto_max_layers, min_drop=float(k.auto_min_drop), metric=md["metric"], hook=cfg.harvest.hook,
+               n_questions=md["n_questions"], n_candidates=md["n_candidates"], question_id=res["question_id"],
+               layers_swept=layers, mean_pct_change=curve["mean_pct_change"], ci_low=curve["ci_low"], ci_high=curve["ci_high"],
+               drop=drop, **span)
+    atomic_write_json(exp / LAYER_CHOICE, rec)
+    store.clear()
+    log.info("model.target_layer auto: layers %s (%s knockout on %d select questions peaks at layer %d, %.1f %% drop; kept ≥ %.1f %%)",
+             span["layers"], k.auto_flow, md["n_questions"], span["peak_layer"], span["peak_drop"], span["threshold"])
+    return rec
+

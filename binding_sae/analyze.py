@@ -15,7 +15,8 @@ __all__ = ['log', 'METRICS', 'CONTROL_ROLES', 'READOUT_ROLE', 'BASELINES', 'CEIL
            'answer_breakdown', 'analyze_condition', 'add_specificity', 'matching_check', 'verdict_checks',
            'add_verdict', 'summarize_knockout', 'knockout_recovery', 'headline', 'build_report',
            'summarize_interchange', 'interchange_headline', 'save_png', 'plot_null', 'plot_forest', 'plot_interchange',
-           'plot_knockout', 'plot_training_curves', 'analyze', 'analyze_from_config', 'analyze_step']
+           'plot_knockout', 'plot_training_curves', 'layer_choice_summary', 'analyze', 'analyze_from_config',
+           'analyze_step']
 
 # %% ../nbs/04_analyze.ipynb #aa731ab5
 import numpy as np
@@ -27,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from .config import (UserError, Config, Baseline, PrimaryMetric, atomic_path, atomic_write_json, choices, load_config,
                                 resolve_experiment_dir)
 from .forward import ConditionRecord
-from .experiment import read_step_json, step_run
+from .experiment import read_step_json, step_run, LAYER_CHOICE
 from .stats import bootstrap_ci, permutation_p
 
 # %% ../nbs/04_analyze.ipynb #486f3412
@@ -493,6 +494,11 @@ def summarize_interchange(interchange:dict|None, # parsed interchange_results.js
             "primary_task": t and t["task"], "carries_binding": bool(t and t["carries_binding"]),
             "headline": interchange_headline(t, md)}
 
+def _layers_words(layer) -> str:
+    "A metadata `layer` in words: `layer 2` for one (an int or a list of one), `layers 1, 2` for a span."
+    ls = layer if isinstance(layer, list) else [layer]
+    return f"layer{'s' if len(ls) > 1 else ''} {', '.join(map(str, ls))}"
+
 def interchange_headline(t:dict|None, # one task of `summarize_interchange`
                          md:dict|None=None, # interchange_results.json metadata
                         ) -> str:
@@ -503,7 +509,7 @@ def interchange_headline(t:dict|None, # one task of `summarize_interchange`
     g = lambda x: "—" if x is None else f"{x:.3g}"
     ci_s = f" (95 % CI {_pc(ci[0])} to {_pc(ci[1])})" if _finite(ci[0]) else ""
     return (f"Interchange {'CARRIES THE BINDING' if t['carries_binding'] else 'does not show the binding'} in {t['task']} "
-            f"({md.get('position_type', '?')} positions, layer {md.get('layer', '?')}, {t['n_pairs']} pairs): swapping the "
+            f"({md.get('position_type', '?')} positions, {_layers_words(md.get('layer', '?'))}, {t['n_pairs']} pairs): swapping the "
             f"selected features from the counterfactual twin swaps the answer in {_pc(t['swap_rate'])}{ci_s} of pairs vs "
             f"{_pc(t['random_swap_rate_mean'])} on average and {_pc(t['random_swap_rate_max'])} at most for "
             f"{md.get('n_random_sets', '?')} matched random sets (p {g(t['permutation_p'])}); the whole residual swaps "
@@ -660,6 +666,12 @@ def plot_training_curves(history, # parsed sae/history.json: list of per-step re
 # %% ../nbs/04_analyze.ipynb #9791f321
 def _slug(s): return re.sub(r"[^A-Za-z0-9.]+", "_", s).strip("_")
 
+def layer_choice_summary(exp_dir) -> dict | None:
+    "Step 1's choice of layers for `model.target_layer: auto` (`layer_choice.json` without its question ids), or None when the config gave them."
+    p = Path(exp_dir) / LAYER_CHOICE
+    if not p.is_file(): return None
+    return {k: v for k, v in read_step_json(p, "train", AnalysisError).items() if k != "question_id"}
+
 def analyze(exp_dir, # experiment folder
             significance_level:float=0.05, # alpha of the Holm-corrected permutation p (evaluation.significance_level)
             primary_metric:PrimaryMetric="logit_diff", # logit_diff | pred_token_prob | gt_token_prob (evaluation.primary_metric)
@@ -694,6 +706,7 @@ def analyze(exp_dir, # experiment folder
     if hist_path.is_file() and (fig := plot_training_curves(read_step_json(hist_path, "train", AnalysisError))) is not None:
         save_png(fig, out / "sae_training_curves.png"); figures.append("sae_training_curves.png")
     report["figures"] = sorted(figures)
+    if (lc := layer_choice_summary(exp_dir)) is not None: report["layer_choice"] = lc  # how model.target_layer auto was chosen (on select)
     atomic_write_json(out / "hypothesis_report.json", report)
     log.info(f"analyze: {report['summary']['headline']}")
     return report

@@ -11,7 +11,7 @@ from pathlib import Path
 __all__ = ['TOY_COMMANDS', 'show_defaults', 'build_parser', 'main']
 
 # %% ../nbs/16_cli.ipynb #8b78fb33
-from .config import UserError, load_config, resolve_experiment_dir, target_layers  # light: the steps are imported when they run
+from .config import UserError, load_config, resolve_experiment_dir, layers_text  # light: the steps are imported when they run
 from .toy_recipe import toy_train_parser, toy_eval_parser  # light too: the toy commands' flags
 
 # %% ../nbs/16_cli.ipynb #a7c7ca12
@@ -103,7 +103,7 @@ def _check_config(a):
     for x in w: print(f"binding-sae: warning: {x.message}", file=sys.stderr)
     exp = resolve_experiment_dir(cfg, a.experiment_dir, a.experiment_name) if a.experiment_dir or a.experiment_name else None
     check_inputs(cfg, exp)
-    print(f"{a.config}: ok ({cfg.model.name}, layer{'s' if len(target_layers(cfg)) > 1 else ''} {', '.join(map(str, target_layers(cfg)))}); every input it reads exists"
+    print(f"{a.config}: ok ({cfg.model.name}, {layers_text(cfg)}); every input it reads exists"
           + (f"; {exp} accepts it" if exp else ""))
 
 def _make_world(a):
@@ -129,7 +129,7 @@ def _run(a):
                      skip_train=a.skip_train, sae_checkpoint=a.sae_checkpoint, overrides=_overrides(a.set), dry_run=a.dry_run,
                      command=a.command_line)
     if a.dry_run and not a.json:
-        print(f"Dry run: {a.config} is valid and every input the steps read exists; {m['experiment_dir']} accepts it. "
+        print(f"Dry run: {a.config} is valid and every input the steps read exists ({m['layers']}); {m['experiment_dir']} accepts it. "
               f"A run would do {', '.join(m['steps'])} (engine {m['engine']}). Nothing was written.")
     elif a.dry_run: print(json.dumps(m, indent=2, sort_keys=True))
     else: _finish(a, m)

@@ -15,13 +15,14 @@ import types
 __all__ = ['UNWRITABLE_ERRNOS', 'Architecture', 'PositionKind', 'Hook', 'EditPosition', 'AblationMode', 'Baseline', 'ControlTask',
            'Split', 'Flow', 'OBJECT_FLOWS', 'PairSource', 'PrimaryMetric', 'CorrectnessMetric', 'FeatureScore',
            'Selection', 'AttnImplementation', 'ModelDtype', 'ShardDtype', 'TrainDtype', 'IGNORED_KEYS', 'MODEL_ALIASES',
-           'METRIC_ALIASES', 'CHOICES', 'RANGES', 'UserError', 'ConfigError', 'DiskFullError', 'IgnoredKeyWarning',
-           'not_writable', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text', 'to_json', 'atomic_write_json',
-           'choices', 'ModelConfig', 'SAEConfig', 'TrainingConfig', 'HarvestConfig', 'ExperimentConfig', 'WorldConfig',
-           'DatasetConfig', 'FeatureIdentificationConfig', 'AblationConfig', 'KnockoutConfig', 'InterchangeConfig',
-           'EvaluationConfig', 'Config', 'schema_fields', 'out_of_range', 'parse_layers', 'target_layers',
-           'project_root', 'read_yaml', 'config_from_dict', 'load_config', 'config_reference', 'config_hash',
-           'resolve_experiment_dir', 'resolve_device', 'resolve_dtype']
+           'METRIC_ALIASES', 'NOT_SETTINGS', 'AUTO_KEYS', 'CHOICES', 'RANGES', 'AUTO', 'UserError', 'ConfigError',
+           'DiskFullError', 'IgnoredKeyWarning', 'not_writable', 'atomic_path', 'atomic_write_bytes',
+           'atomic_write_text', 'to_json', 'atomic_write_json', 'choices', 'ModelConfig', 'SAEConfig', 'TrainingConfig',
+           'HarvestConfig', 'ExperimentConfig', 'WorldConfig', 'DatasetConfig', 'FeatureIdentificationConfig',
+           'AblationConfig', 'KnockoutConfig', 'InterchangeConfig', 'EvaluationConfig', 'Config', 'schema_fields',
+           'out_of_range', 'parse_layers', 'target_layers', 'layers_text', 'project_root', 'read_yaml',
+           'config_from_dict', 'load_config', 'config_reference', 'config_hash', 'resolve_experiment_dir',
+           'resolve_device', 'resolve_dtype']
 
 # %% ../nbs/10_config.ipynb #c1dc8e04
 import yaml
@@ -126,7 +127,7 @@ def choices(t) -> tuple:
 @dataclass
 class ModelConfig:
     name: str = "models/toy_llava"          # HF hub id or local folder; liuhaotian/llava-v1.5-7b maps to llava-hf/llava-1.5-7b-hf
-    target_layer: int | list[int] | str = 2 # decoder layer the SAE reads (its output, attention or MLP output: harvest.hook); a list [10, 12] or a range "10-14": one SAE per layer
+    target_layer: int | list[int] | str = 2 # decoder layer the SAE reads (its output, attention or MLP output: harvest.hook); a list [10, 12] or a range "10-14": one SAE per layer; auto: the layers step 1 picks from the knockout sweep on select (knockout.auto_*)
     d_model: int | None = None              # residual width; None = read from the model (checked when given)
     dtype: ModelDtype = "auto"              # weights dtype; auto = bfloat16 on cuda, float32 on cpu
     device: str = "auto"                    # auto | cpu | cuda | cuda:N
@@ -243,6 +244,10 @@ class KnockoutConfig:
     normalize_logprob: bool = True          # length-normalise multi-token option log-probs
     max_samples: int | None = None          # cap on questions (None = all)
     batch_size: int = 32                    # conditions per forward
+    auto_flow: Flow = "Image->Question"     # model.target_layer auto: the flow whose sweep on the select split picks the layers
+    auto_share: float = 0.5                 # model.target_layer auto: keep the layers whose window drop is at least this share of the peak drop
+    auto_max_layers: int | None = None      # model.target_layer auto: at most this many layers (the largest drops; None = no cap)
+    auto_min_drop: float = 5.0              # model.target_layer auto: a peak drop below this (% of the answer token's probability) is no flow: refused
     top_k_layers: int | None = None         # old pipeline's key (ignored)
     num_workers: int | None = None          # old pipeline's key (ignored)
     output_subdir: str | None = None        # old pipeline's key (ignored)
@@ -285,6 +290,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     source: str | None = None               # the file this config was read from (not hashed)
     base_dir: str | None = None             # relative paths are relative to this folder (not hashed)
+    chosen_layers: list[int] | None = None  # the layers model.target_layer auto stands for, once step 1 chose them (not hashed: see resolve_layers)
 
     def path(self, p) -> Path | None:
         "Resolve a path of this config: absolute as is, relative to `base_dir`."
@@ -295,6 +301,9 @@ class Config:
     def to_dict(self) -> dict:
         "Plain nested dict of every setting (what is hashed and saved with each experiment)."
         d = asdict(self); d.pop("source"); d.pop("base_dir")
+        if d.pop("chosen_layers") is not None: d["model"]["target_layer"] = AUTO  # a resolved auto config is still the auto config
+        if d["model"]["target_layer"] != AUTO:  # the knockout.auto_* keys act only for auto: a config that names its layers hashes as before they existed
+            for name in AUTO_KEYS: d["knockout"].pop(name)
         for key in IGNORED_KEYS:  # old keys carry no meaning, so they are neither saved nor hashed
             sec, _, name = key.partition(".")
             if name and sec in d: d[sec].pop(name, None)
@@ -322,10 +331,12 @@ def schema_fields(cls=None, prefix=""):
     "`(dotted key, type, field, section class)` of every setting of `Config` (or of section class `cls`), in schema order."
     if cls is None:
         for sec in fields(Config):
-            if sec.name not in ("source", "base_dir"): yield from schema_fields(get_type_hints(Config)[sec.name], sec.name + ".")
+            if sec.name not in NOT_SETTINGS: yield from schema_fields(get_type_hints(Config)[sec.name], sec.name + ".")
         return
     for f in fields(cls): yield prefix + f.name, get_type_hints(cls)[f.name], f, cls
 
+NOT_SETTINGS = ("source", "base_dir", "chosen_layers")  # fields of `Config` that are not config keys
+AUTO_KEYS = ("auto_flow", "auto_share", "auto_max_layers", "auto_min_drop")  # knockout keys read only for model.target_layer: auto
 CHOICES = {key: choices(t) for key, t, *_ in schema_fields() if choices(t)}  # the allowed values of each choice setting
 
 
@@ -347,6 +358,7 @@ RANGES = {
     "ablation.delta_scale": "> 0", "ablation.n_random_features": "≥ 1", "ablation.n_bootstrap": "≥ 1",
     "ablation.match_bins": "≥ 1", "ablation.batch_size": "≥ 1",
     "knockout.window": "≥ 1", "knockout.layers": "≥ 0", "knockout.max_samples": "≥ 1", "knockout.batch_size": "≥ 1",
+    "knockout.auto_share": "(0, 1]", "knockout.auto_max_layers": "≥ 1", "knockout.auto_min_drop": "≥ 0",
     "interchange.n_random_sets": "≥ 1", "interchange.min_pairs": "≥ 1", "interchange.max_pairs": "≥ 1",
     "interchange.batch_size": "≥ 1", "interchange.min_full_swap": "[0, 1]", "interchange.max_same_flip": "[0, 1]",
     "evaluation.significance_level": "(0, 1)", "evaluation.min_relative_drop": "≥ 0", "evaluation.max_match_smd": "> 0",
@@ -398,7 +410,7 @@ def _check_value(value, t, key, src):
 def _build(cls, data:dict, src, prefix=""):
     "Build dataclass `cls` from mapping `data`, checking keys and types."
     hints = get_type_hints(cls)
-    names = [f.name for f in fields(cls) if f.name != "source"]
+    names = [f.name for f in fields(cls) if f.name not in ("source", "chosen_layers")]
     kwargs = {}
     for key, value in data.items():
         full = prefix + str(key)
@@ -450,20 +462,23 @@ def _check_ranges(cfg:Config, src):
         items = (value.items() if isinstance(value, dict) else [(f"[{i}]", v) for i, v in enumerate(value)]
                  if isinstance(value, list) else [("", value)])
         for sub, v in items:
-            if v is None: continue
+            if v is None or (key == "model.target_layer" and v == AUTO): continue
             name = key + (f".{sub}" if isinstance(value, dict) else sub)
             if (want := out_of_range(v, rng, cfg)) is not None:
                 raise ConfigError(f"{name} in {src} must be {want}, not {v!r}: fix its value.")
 
 _RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
+AUTO = "auto"  # model.target_layer: the layers step 1 chooses from the knockout sweep on the select split
 
-def parse_layers(value, key:str="model.target_layer", src="<dict>") -> int | list[int]:
-    "A layer setting as stored: an int stays one layer; a list or an `A-B` range string becomes the sorted list of layers."
+def parse_layers(value, key:str="model.target_layer", src="<dict>") -> int | list[int] | str:
+    "A layer setting as stored: an int stays one layer; a list or an `A-B` range string becomes the sorted list of layers; `auto` stays `auto`."
     if isinstance(value, int): return value
+    if value == AUTO and key == "model.target_layer": return AUTO
     if isinstance(value, str):
         m = _RANGE.fullmatch(value)
         if m is None or int(m[1]) > int(m[2]):
-            raise ConfigError(f"{key} in {src} is {value!r}; give one layer (12), a list ([10, 12]) or a range A-B with A ≤ B (10-14).")
+            raise ConfigError(f"{key} in {src} is {value!r}; give one layer (12), a list ([10, 12]), a range A-B with A ≤ B (10-14)"
+                              + (" or auto." if key == "model.target_layer" else "."))
         return list(range(int(m[1]), int(m[2]) + 1))
     if not value: raise ConfigError(f"{key} in {src} is an empty list; give at least one layer, e.g. [10, 11].")
     if (twice := sorted({l for l in value if value.count(l) > 1})):
@@ -471,9 +486,22 @@ def parse_layers(value, key:str="model.target_layer", src="<dict>") -> int | lis
     return sorted(value)
 
 def target_layers(cfg:Config) -> list[int]:
-    "The layers a config's SAEs read, in order: `[model.target_layer]` for one layer."
+    "The layers a config's SAEs read, in order: `[model.target_layer]` for one layer; `auto` once step 1 has chosen them."
     t = cfg.model.target_layer
+    if t == AUTO:
+        raise UserError("model.target_layer is auto and step 1 has not chosen the layers yet: run step 1 (train), which "
+                        "chooses them from the knockout sweep on the select split (binding_sae.experiment.resolve_layers "
+                        "reads its choice into a config).")
     return [t] if isinstance(t, int) else list(t)
+
+def layers_text(cfg:Config) -> str:
+    "The layers of a config in words (for check-config and the dry run)."
+    if cfg.model.target_layer == AUTO:
+        k = cfg.knockout
+        return (f"layers auto: step 1 chooses them from the {k.auto_flow} knockout sweep on the select split (the layers "
+                f"whose drop is at least {k.auto_share:g} of the peak" + (f", at most {k.auto_max_layers}" if k.auto_max_layers else "") + ")")
+    ls = target_layers(cfg)
+    return f"layer{'s' if len(ls) > 1 else ''} {', '.join(map(str, ls))}"
 
 def _finish(cfg:Config, src) -> Config:
     if cfg.model.name in MODEL_ALIASES:

@@ -11,16 +11,17 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['log', 'ROLES', 'SPLITS', 'LOCK_NAME', 'TASK_KEYS', 'package_versions', 'save_config', 'check_experiment_dir',
-           'prepare_experiment', 'read_step_json', 'step_done', 'mark_done', 'StepRun', 'step_run', 'FolderLockedError',
-           'lock_holder', 'experiment_lock', 'ensure_world', 'role_questions', 'role_source', 'experiment_questions',
-           'questions_for', 'split_questions', 'held_out_questions', 'to_rgb', 'question_images', 'question_options',
-           'encode_questions', 'open_model', 'check_model', 'sae_folder', 'check_saes', 'open_saes', 'choose_variant',
-           'inputs_key', 'ChunkStore', 'chunk_name', 'sae_files', 'identify_inputs', 'ablate_inputs']
+__all__ = ['log', 'ROLES', 'SPLITS', 'LAYER_CHOICE', 'LOCK_NAME', 'TASK_KEYS', 'package_versions', 'save_config',
+           'check_experiment_dir', 'prepare_experiment', 'resolve_layers', 'read_step_json', 'step_done', 'mark_done',
+           'StepRun', 'step_run', 'FolderLockedError', 'lock_holder', 'experiment_lock', 'ensure_world',
+           'role_questions', 'role_source', 'experiment_questions', 'questions_for', 'split_questions',
+           'held_out_questions', 'to_rgb', 'question_images', 'question_options', 'encode_questions', 'open_model',
+           'check_model', 'sae_folder', 'check_saes', 'open_saes', 'choose_variant', 'inputs_key', 'ChunkStore',
+           'chunk_name', 'sae_files', 'identify_inputs', 'ablate_inputs']
 
 # %% ../nbs/17_experiment.ipynb #e72e51ef
 import yaml
-from .config import (Config, target_layers, ControlTask, Split, UserError, choices, UNWRITABLE_ERRNOS, not_writable, config_from_dict, config_hash, read_yaml,
+from .config import (Config, target_layers, AUTO, ControlTask, Split, UserError, choices, UNWRITABLE_ERRNOS, not_writable, config_from_dict, config_hash, read_yaml,
                                 project_root, atomic_path, atomic_write_json, atomic_write_text, resolve_device)
 from .data import load_questions, split_by_image, DataError
 from . import distributed as D
@@ -92,7 +93,21 @@ def prepare_experiment(cfg:Config, exp_dir, force:bool=False) -> Path:
     _make_folder(exp)
     for tmp in exp.rglob(".*.tmp"): tmp.unlink(missing_ok=True)  # temp files of a run killed mid-write
     if force or not saved.exists(): save_config(cfg, saved)
+    resolve_layers(cfg, exp)
     return exp
+
+
+# %% ../nbs/17_experiment.ipynb #326c5aad
+LAYER_CHOICE = "layer_choice.json"  # step 1's choice of layers for model.target_layer: auto (written by binding_sae.ablate.choose_layers)
+
+def resolve_layers(cfg:Config, exp_dir) -> Config:
+    "`cfg`, with `model.target_layer: auto` set in place to the layers step 1 recorded for this config in `<exp>/layer_choice.json`; any other config as it is."
+    if cfg.model.target_layer != AUTO and cfg.chosen_layers is None: return cfg
+    p = Path(exp_dir) / LAYER_CHOICE
+    rec = json.loads(p.read_text()) if p.is_file() else {}
+    if rec.get("config_hash") != config_hash(cfg): return cfg  # not chosen yet, or chosen for another config
+    cfg.model.target_layer, cfg.chosen_layers = list(rec["layers"]), list(rec["layers"])
+    return cfg
 
 
 # %% ../nbs/17_experiment.ipynb #2c24e16a
@@ -140,7 +155,7 @@ class StepRun:
 @contextmanager
 def step_run(cfg:Config, exp_dir, step:str):
     "Run a step's body: yields a `StepRun`; when the body returns, `<step>.done.json` records the config hash, versions, `counts` and wall time."
-    run = StepRun(cfg, Path(exp_dir), step)
+    run = StepRun(resolve_layers(cfg, exp_dir), Path(exp_dir), step)
     D.shares(clear=True)  # what this rank's `map_batches` calls do in this step
     if (cuda := _cuda()) is not None: cuda.reset_peak_memory_stats()
     yield run
@@ -380,8 +395,8 @@ def open_model(cfg:Config, vlm=None, # a loaded model to reuse: returned as it i
 
 def check_model(cfg:Config, n_layers:int, d_model:int) -> None:
     "`UserError` when the config's layer or width does not fit the model."
-    layers = target_layers(cfg) + list(cfg.harvest.layers or [])
-    if max(layers) >= n_layers:
+    layers = (target_layers(cfg) if cfg.model.target_layer != AUTO else []) + list(cfg.harvest.layers or [])  # auto: chosen later, among the model's layers
+    if layers and max(layers) >= n_layers:
         raise UserError(f"model.target_layer {max(layers)} is out of range: {cfg.model.name} has layers 0–{n_layers - 1}.")
     if cfg.model.d_model is not None and cfg.model.d_model != d_model:
         raise UserError(f"model.d_model is {cfg.model.d_model} but {cfg.model.name} has residual width {d_model}: fix or remove model.d_model.")

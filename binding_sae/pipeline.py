@@ -12,15 +12,15 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'METHOD_DIRECTIVES', 'MODEL_STEPS', 'CSV_KEYS', 'Engine',
            'SPLIT_STEPS', 'Step', 'get_step', 'parse_steps', 'notebooks_dir', 'run_copy', 'StepFailed', 'ensure_before',
-           'InputsMissing', 'model_problem', 'data_problems', 'pairs_problem', 'folder_problem', 'check_inputs',
-           'RunOptions', 'run_pipeline', 'run_summary']
+           'InputsMissing', 'model_problem', 'data_problems', 'pairs_problem', 'auto_problems', 'folder_problem',
+           'check_inputs', 'RunOptions', 'run_pipeline', 'run_summary']
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
 from .config import (Config, UserError, OBJECT_FLOWS, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
-                                project_root, config_from_dict, read_yaml, MODEL_ALIASES, choices, target_layers)
+                                project_root, config_from_dict, read_yaml, MODEL_ALIASES, choices, target_layers, AUTO, layers_text)
 from . import distributed as D
 from .experiment import (prepare_experiment, step_done, package_versions, check_experiment_dir, experiment_lock,
-                                    read_step_json, sae_folder)
+                                    read_step_json, sae_folder, resolve_layers)
 
 # %% ../nbs/15_pipeline.ipynb #72d7f407
 log = logging.getLogger(__name__)
@@ -201,6 +201,36 @@ def pairs_problem(cfg:Config) -> str | None:
     return (f"interchange.pairs is 'twins' but there is no {csv.parent / 'counterfactuals.csv' if csv else 'counterfactuals.csv'}: "
             "generate the world with dataset.world.counterfactuals: true, or set interchange.pairs: same_question.")
 
+def auto_problems(cfg:Config) -> list[str]:
+    "Why step 1 could not choose the layers of `model.target_layer: auto` from the knockout sweep on select, one sentence each; [] when it can (or the layers are given)."
+    if cfg.model.target_layer != AUTO: return []
+    from dataclasses import replace
+    from binding_sae.ablate import check_knockout_attention, check_knockout_boxes  # (imports torch: only for auto)
+    from binding_sae.experiment import role_source
+    from binding_sae.data import load_questions, split_by_image
+    k, d, out = cfg.knockout, cfg.dataset, []
+    if k.layers is not None and not k.layers:
+        out.append("model.target_layer is auto, which chooses among knockout.layers, but knockout.layers is empty: list the "
+                   "layers to choose from, or remove knockout.layers (every layer).")
+    for check in (check_knockout_attention, lambda c: check_knockout_boxes(replace(c, knockout=replace(k, flows=[k.auto_flow])))):
+        try: check(cfg)
+        except UserError as e: out.append(str(e))
+    csv, tasks = role_source(cfg, "binding")
+    if csv is None or not csv.is_file(): return out  # a world made on first use has select questions; a missing CSV is its own error
+    quiet = logging.getLogger("binding_sae.data")  # the loading and the split report nothing here: the sentence below does
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        df = load_questions(csv, cfg.path(d.image_folder), tasks, max_questions=d.max_questions, check_images=False)
+        in_select = (split_by_image(df, d.split_fractions, d.split_seed).split == "select").any()
+    except UserError: return out  # `data_problems` names it
+    finally: quiet.setLevel(level)
+    if not in_select:
+        out.append(f"model.target_layer is auto, which chooses the layers from the knockout sweep on the select split's binding "
+                   f"questions, but none of the {len(df)} binding questions falls in select: give the layers yourself "
+                   "(model.target_layer: L), or more questions or a larger dataset.split_fractions.select.")
+    return out
+
 def folder_problem(cfg:Config, exp, force:bool=False) -> str | None:
     "Why the experiment folder would refuse `cfg` (a folder of another config, without `force`), or None."
     saved = Path(exp) / "config.yaml"
@@ -225,6 +255,7 @@ def check_inputs(cfg:Config, # the run's config
         try: check_knockout_boxes(cfg)
         except UserError as e: problems.append(str(e))
     if "interchange" in names and (p := pairs_problem(cfg)): problems.append(p)
+    if "train" in names: problems += auto_problems(cfg)
     if exp is not None and (p := folder_problem(cfg, exp, force)): problems.append(p)
     if problems: raise InputsMissing("\n".join(problems))
 
@@ -256,6 +287,7 @@ def run_pipeline(config_path, # YAML config
     o = replace(options or RunOptions(), **changes)
     cfg = load_config(config_path, overrides)
     exp = check_experiment_dir(resolve_experiment_dir(cfg, experiment_dir, experiment_name))
+    resolve_layers(cfg, exp)  # model.target_layer auto: the layers step 1 chose in this folder, if it ran
     todo = parse_steps(steps)
     if not cfg.interchange.enabled:  # off in the config: run only when asked for by name
         todo = [s for s in todo if s.name != "interchange" or steps == "interchange"]
@@ -263,13 +295,15 @@ def run_pipeline(config_path, # YAML config
         todo = [s for s in todo if s.name != "train"]
         if o.sae_checkpoint is None and not all((exp / sae_folder(cfg, l) / "cfg.json").exists() for l in target_layers(cfg)):
             raise UserError("--skip_train needs --sae_checkpoint PATH (or an experiment folder whose step 1 already ran).")
+    if o.sae_checkpoint is not None and cfg.model.target_layer == AUTO:
+        raise UserError("--sae_checkpoint brings an SAE of one known layer: set model.target_layer to that layer instead of auto.")
     if o.sae_checkpoint is not None and not Path(o.sae_checkpoint).exists():
         raise UserError(f"--sae_checkpoint {o.sae_checkpoint} does not exist: give the path of sae_checkpoint.pt or an sae/ folder.")
     pending = todo if o.force or o.sae_checkpoint is not None else [s for s in todo if not step_done(exp, s.name, cfg)]
     check_inputs(cfg, exp, pending, o.force)
     if o.dry_run:
         return dict(config=str(config_path), experiment_dir=str(exp), config_hash=config_hash(cfg),
-                    steps=[s.name for s in todo], engine=o.engine, dry_run=True)
+                    steps=[s.name for s in todo], engine=o.engine, dry_run=True, layers=layers_text(cfg))
     if D.init(cfg.model.device) > 1:  # under torchrun: every rank runs this; rank 0 alone holds the lock and writes the folder
         if o.engine == "papermill": log.info("under torchrun the steps run in this process (engine direct)"); o = replace(o, engine="direct")
         if not D.is_main():

@@ -11,11 +11,11 @@ import pandas as pd
 from PIL import Image
 
 # %% auto #0
-__all__ = ['log', 'ATTRIBUTES', 'CSS', 'PAGE_CSS', 'FACTS', 'JS', 'CHECK_LABELS', 'DashboardError', 'read_dashboard_inputs',
-           'attribute_base_rates', 'central_attributes', 'attribute_counts', 'selectivity', 'tracked_values',
-           'is_tracked', 'tracks_text', 'histogram_svg', 'token_html', 'find_image', 'image_data_uri', 'scene_html',
-           'feature_effects', 'headline_effect', 'feature_swaps', 'interchange_html', 'rank_basis',
-           'feature_table_html', 'feature_panel_html', 'verdict_html', 'dashboard_html', 'image_roots',
+__all__ = ['log', 'ATTRIBUTES', 'CSS', 'PAGE_CSS', 'FACTS', 'JS', 'HOOK_WORDS', 'CHECK_LABELS', 'DashboardError',
+           'read_dashboard_inputs', 'attribute_base_rates', 'central_attributes', 'attribute_counts', 'selectivity',
+           'tracked_values', 'is_tracked', 'tracks_text', 'histogram_svg', 'token_html', 'find_image', 'image_data_uri',
+           'scene_html', 'feature_effects', 'headline_effect', 'feature_swaps', 'interchange_html', 'rank_basis',
+           'feature_table_html', 'feature_panel_html', 'site_text', 'verdict_html', 'dashboard_html', 'image_roots',
            'question_texts', 'base_rates', 'visualize_step', 'feature_browser']
 
 # %% ../nbs/05_visualize.ipynb #f534c362
@@ -500,9 +500,25 @@ def _legend_html(metric:str) -> str:
             '<span><span class="sw box"></span>other object</span>'
             f'<span><b class="neg">−</b> Δ {html.escape(metric)} = ablated − baseline: negative means ablating hurts the true answer</span></div>')
 
-def _meta_html(catalog:dict, ablation:dict|None) -> str:
+HOOK_WORDS = {"resid_post": "the residual stream after", "attn_out": "the attention output of", "mlp_out": "the MLP output of"}
+
+def site_text(meta:dict, # a catalog's metadata (`layer`, `hook` when not resid_post, `span` for several layers)
+              layer_choice:dict|None=None, # the report's `layer_choice` (model.target_layer auto), if any
+             ) -> str:
+    "Where the SAEs read, in words (HTML): the hook and the layer or layers, and how auto chose them."
+    layers = (meta.get("span") or {}).get("layers") or meta.get("layer", "?")
+    layers = layers if isinstance(layers, list) else [layers]
+    hook = str(meta.get("hook") or "resid_post")
+    out = (f"SAE site <b>{html.escape(hook)}</b> ({HOOK_WORDS.get(hook, 'at')} layer{'s' if len(layers) > 1 else ''} "
+           f"<b>{', '.join(html.escape(str(l)) for l in layers)}</b>)")
+    if layer_choice:
+        out += (f", chosen from the {html.escape(str(layer_choice.get('flow')))} knockout on {html.escape(str(layer_choice.get('split')))} "
+                f"(peak at layer {layer_choice.get('peak_layer')}, {_g(float(layer_choice.get('peak_drop', float('nan'))))} % drop)")
+    return out
+
+def _meta_html(catalog:dict, ablation:dict|None, report:dict|None=None) -> str:
     m = catalog.get("metadata") or {}
-    parts = [f"model <b>{html.escape(str(m.get('model', '?')))}</b>", f"layer <b>{m.get('layer', '?')}</b>" + (f" {html.escape(str(m['hook']))}" if m.get('hook') else ""),
+    parts = [f"model <b>{html.escape(str(m.get('model', '?')))}</b>", site_text(m, (report or {}).get("layer_choice")),
              f"positions <b>{html.escape(str(m.get('position_type', '?')))}</b>", f"score <b>{html.escape(str(m.get('score', '?')))}</b>",
              f"SAE width <b>{m.get('sae_width', '?')}</b>",
              f"select questions <b>{m.get('n_select_questions', '?')}</b> ({m.get('n_correct', '?')} correct, {m.get('n_incorrect', '?')} incorrect)",
@@ -605,7 +621,7 @@ def dashboard_html(inputs:dict, # from `read_dashboard_inputs`
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
             f'<title>{html.escape(title)}</title><style>{PAGE_CSS}{CSS}</style></head>\n'
-            f'<body><main class="bsae"><h1>{html.escape(title)}</h1>{verdict_html(report)}{interchange_html(inputs.get("interchange"))}{_meta_html(catalog, ablation)}{_legend_html(metric)}'
+            f'<body><main class="bsae"><h1>{html.escape(title)}</h1>{verdict_html(report)}{interchange_html(inputs.get("interchange"))}{_meta_html(catalog, ablation, report)}{_legend_html(metric)}'
             f'<h2 style="margin-top:14px">{len(feats)} features <span class="small">(click a header to sort, a row to open its panel)</span></h2>'
             f'{table}\n{panels}</main>\n<script>{JS}</script></body></html>\n')
 

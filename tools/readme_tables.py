@@ -8,6 +8,7 @@
     python3 tools/readme_tables.py planted bench/results/planted_readout.json             # the planted readout cases
     python3 tools/readme_tables.py interchange bench/results/interchange_routed.json       # the interchange step's table
     python3 tools/readme_tables.py span bench/results/interchange_routed.json bench/results/interchange_routed_span.json  # one layer vs a span
+    python3 tools/readme_tables.py hook bench/results/interchange_routed.json bench/results/interchange_routed_attn_out.json  # one row per site
     python3 tools/readme_tables.py update [README.md]    # rewrite every generated block of the README in place
     python3 tools/readme_tables.py check [README.md]     # exit 1 and name the blocks that differ from their source
     python3 tools/readme_tables.py record OUT.json -- binding-sae toy-eval --json ...  # run a command, keep its JSON
@@ -198,6 +199,7 @@ def record_interchange(exp, out, run_command:str) -> dict:
     rep = json.loads((exp / "analysis/hypothesis_report.json").read_text())
     meta = {k: r["metadata"][k] for k in ("layer", "position_type", "split", "n_random_sets", "min_attainable_p", "pairs",
                                            "matching", "selected_feature_ids", "seed", "model")}
+    meta["hook"] = r["metadata"].get("hook", "resid_post")  # the site's hook (the metadata names it when not resid_post)
     row = next(c for c in rep["conditions"] if c["condition"] == rep["primary_condition"])
     cat = json.loads((exp / "feature_catalog.json").read_text())
     ko = rep.get("knockout_recovery") or {}
@@ -263,12 +265,32 @@ def span_table(*paths, task="binding_choose") -> str:
     return "\n".join(out) + "\n"
 
 
+def hook_table(*paths, task="binding_choose") -> str:
+    "One row per recorded experiment (`record-interchange`) of one layer at different sites: hook, drop, R, swap rate and the random sets' match."
+    out = ["| site (`harvest.hook`) | layer | relative drop [95 % CI] | R [95 % CI] | swap rate [95 % CI] | random sets' swap rate (mean / largest) | "
+           "matched random sets (largest \\|SMD\\|, pool) | verdicts (ablation / interchange) |", "|---|---|---|---|---|---|---|---|"]
+    rng = lambda v: "–" if not v or v[0] is None else f"{v[0]:.2f}–{v[1]:.2f}"
+    for path in paths:
+        d = _load(path)
+        a, m = d["ablation"], d["metadata"]
+        s = next(t for t in d["tasks"] if t["task"] == task)["summary"]
+        (lo, hi), R, mt = s["swap_rate_ci"], "–" if a["R"] is None else f"{a['R']:.2f}", m["matching"]
+        layers = m["layer"] if isinstance(m["layer"], list) else [m["layer"]]
+        verdicts = ("supported" if a["verdict"].startswith("supported") else "not supported") + " / " + \
+                   ("carries the binding" if "CARRIES THE BINDING" in d["headline"] else "does not show it")
+        out.append(f"| `{m.get('hook', 'resid_post')}` | {', '.join(map(str, layers))} | {a['relative_drop']:.3f} [{rng(a['relative_drop_ci'])}] | "
+                   f"{R} [{rng(a['R_ci'])}] | {_pct(s['swap_rate'])} [{100 * lo:.1f}–{100 * hi:.1f} %] | "
+                   f"{_pct(s['random_swap_rate_mean'])} / {_pct(s['random_swap_rate_max'])} | "
+                   f"{mt['max_abs_smd']:.2f} ({'poor' if mt['poor'] else 'ok'}), {mt['n_pool']} latents | {verdicts} |")
+    return "\n".join(out) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Generated blocks of the README
 
 KINDS = {"config": None, "results": results_table, "organisms": organisms_table, "validation": validation_table,
          "validation-rates": validation_rates_table, "planted": planted_table, "interchange": interchange_table,
-         "span": span_table}
+         "span": span_table, "hook": hook_table}
 
 def table(cmd:str) -> str:
     "What `cmd` (`python3 tools/readme_tables.py KIND ARGS…`) prints."
