@@ -489,8 +489,8 @@ def target_layers(cfg:Config) -> list[int]:
     "The layers a config's SAEs read, in order: `[model.target_layer]` for one layer; `auto` once step 1 has chosen them."
     t = cfg.model.target_layer
     if t == AUTO:
-        raise UserError("model.target_layer is auto and step 1 has not chosen the layers yet: run step 1 (train), which "
-                        "chooses them from the knockout sweep on the select split (binding_sae.experiment.resolve_layers "
+        raise UserError("model.target_layer is auto and the layers have not been chosen yet: run step 1 through the "
+                        "pipeline (binding-sae train or run), which first chooses them from the knockout sweep on the select split (binding_sae.experiment.resolve_layers "
                         "reads its choice into a config).")
     return [t] if isinstance(t, int) else list(t)
 

@@ -11,16 +11,16 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'METHOD_DIRECTIVES', 'MODEL_STEPS', 'CSV_KEYS', 'Engine',
-           'SPLIT_STEPS', 'Step', 'get_step', 'parse_steps', 'notebooks_dir', 'run_copy', 'StepFailed', 'ensure_before',
-           'InputsMissing', 'model_problem', 'data_problems', 'pairs_problem', 'auto_problems', 'folder_problem',
-           'check_inputs', 'RunOptions', 'run_pipeline', 'run_summary']
+           'SPLIT_STEPS', 'Step', 'get_step', 'parse_steps', 'notebooks_dir', 'run_copy', 'StepFailed',
+           'choose_layers_first', 'ensure_before', 'InputsMissing', 'model_problem', 'data_problems', 'pairs_problem',
+           'auto_problems', 'folder_problem', 'check_inputs', 'RunOptions', 'run_pipeline', 'run_summary']
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
 from .config import (Config, UserError, OBJECT_FLOWS, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
                                 project_root, config_from_dict, read_yaml, MODEL_ALIASES, choices, target_layers, AUTO, layers_text)
 from . import distributed as D
 from .experiment import (prepare_experiment, step_done, package_versions, check_experiment_dir, experiment_lock,
-                                    read_step_json, sae_folder, resolve_layers)
+                                    read_step_json, sae_folder, resolve_layers, open_model)
 
 # %% ../nbs/15_pipeline.ipynb #72d7f407
 log = logging.getLogger(__name__)
@@ -132,10 +132,18 @@ class StepFailed(RuntimeError):
     "A step stopped with an error; earlier steps' outputs are kept."
 
 # %% ../nbs/15_pipeline.ipynb #24b42966
+def choose_layers_first(cfg:Config, exp_dir) -> None:
+    "With `model.target_layer: auto` and no choice recorded for this config: choose the layers now (rank 0), before step 1 harvests them."
+    if cfg.model.target_layer != AUTO or resolve_layers(cfg, exp_dir).model.target_layer != AUTO: return
+    from binding_sae.ablate import choose_layers
+    D.run_on_main(lambda: choose_layers(cfg, Path(exp_dir), open_model(cfg)), "the layer choice")
+    resolve_layers(cfg, exp_dir)
+
 def ensure_before(cfg:Config, exp_dir, step:str) -> None:
-    "Run (directly) every earlier pipeline step that has not finished in `exp_dir` with `cfg`."
+    "Run (directly) every earlier pipeline step that has not finished in `exp_dir` with `cfg` (choosing the layers first for `auto`)."
     target = get_step(step)
     with experiment_lock(exp_dir):
+        choose_layers_first(cfg, exp_dir)
         for s in STEPS:
             if s.number >= target.number: break
             if not step_done(exp_dir, s.name, cfg): _call(s.function, cfg, Path(exp_dir))
@@ -337,6 +345,7 @@ def _run_steps(cfg:Config, exp:Path, todo:list, o:RunOptions, overrides=None) ->
         t0 = time.time()
         log.info("step %d: %s", step.number, step.name)
         try:
+            if step.name == "train": choose_layers_first(cfg, exp)  # model.target_layer: auto
             if o.engine != "direct": _run_papermill(step, cfg, exp, overrides or {})
             elif step.name in SPLIT_STEPS or D.world_size() == 1: _call(step.function, cfg, exp)  # every rank takes part
             else: D.run_on_main(lambda: _call(step.function, cfg, exp), f"step {step.name}")

@@ -18,10 +18,10 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 # %% ../nbs/01_train.ipynb #7c6acce6
-from .config import Config, target_layers, AUTO, PositionKind, UserError, atomic_path, atomic_write_json, atomic_write_text, resolve_device, config_hash
+from .config import Config, target_layers, PositionKind, UserError, atomic_path, atomic_write_json, atomic_write_text, resolve_device, config_hash
 from .data import image_unit
 from . import distributed as D
-from .experiment import experiment_questions, questions_for, open_model, encode_questions, step_run, step_done, sae_folder, resolve_layers
+from .experiment import experiment_questions, questions_for, open_model, encode_questions, step_run, step_done, sae_folder
 from .sae import (make_sae, train_sae, ActivationBatches, sae_metrics, save_sae, load_sae,
                              load_sae_checkpoint, load_shard)
 from .vlm import forward_last, score_logits, choose_option_variant
@@ -239,10 +239,6 @@ def _train(cfg:Config, run) -> dict:
     if cfg.harvest.max_questions: train_q = train_q.head(cfg.harvest.max_questions)
     if not len(eval_q): raise UserError("The sae_train split is too small to hold out images for SAE metrics: add questions.")
     vlm = open_model(cfg)
-    if cfg.model.target_layer == AUTO:  # the layers come from the knockout sweep on select, before anything is harvested
-        from binding_sae.ablate import choose_layers
-        D.run_on_main(lambda: choose_layers(cfg, exp, vlm), "the layer choice")
-        resolve_layers(cfg, exp)
     kind, sites, h = cfg.harvest.positions, Site.all(cfg), cfg.harvest
     layers = sorted(set(target_layers(cfg) + list(h.layers or [])))
     tr = harvest(vlm, train_q, layers, kind, exp / "activations/train", h.batch_size, h.shard_size, h.dtype, hook=h.hook)
