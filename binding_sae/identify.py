@@ -27,8 +27,8 @@ __all__ = ['log', 'GROUP_SCORES', 'IdentifyError', 'logprob_correct', 'string_co
 from .config import Config, UserError, atomic_write_json, config_hash
 from .experiment import (experiment_questions, questions_for, split_questions, open_model, encode_questions, step_run,
                                     ChunkStore, inputs_key, chunk_name, identify_inputs)
-from .distributed import is_main
-from .vlm import (score_options, score_logits, greedy_answers, answer_matches, option_ids, option_token_ids,
+from .distributed import is_main, map_batches, world_size, gather
+from .vlm import (score_options, choose_option_variant, score_logits, greedy_answers, answer_matches, option_ids, option_token_ids,
                              positions_found)
 from .forward import (Site, SetAblation, Prefix, capture, edit_residual, prefix_length, run_baseline, run_conditions,
                                  plan_batches, ablation_deltas, set_index, Span, edit_sites, remove_sets)
@@ -167,8 +167,6 @@ def score_features(vlm, sae, questions:pd.DataFrame, # one row per question (GQA
                    grad_batch_size:int=8, # at most this many questions per forward + backward (memory)
                   ) -> dict:
     "Per-question activations and attributions of every latent, labels and logit_diff over `questions`."
-    from binding_sae.distributed import map_batches, world_size, gather
-    from binding_sae.vlm import choose_option_variant
     slices = _slices(len(questions), min(batch_size, grad_batch_size))
     options = lambda part: (part["true option"].astype(str).tolist(), part["false option"].astype(str).tolist())
     if vlm.option_variant is None and world_size() > 1 and slices:  # one process chooses it on its first batch: so does every rank
@@ -238,7 +236,6 @@ def set_effects(vlm, sae, questions:pd.DataFrame, how:SetAblation,
     t_all, f_all = questions["true option"].astype(str).tolist(), questions["false option"].astype(str).tolist()
     keep = np.flatnonzero(positions_found(vlm, questions, how.kind) & distinct_first_tokens(vlm, t_all, f_all)).tolist()
     q, rows = plan_batches(vlm, len(extra), max_questions=batch_size, shared_prefix=how.kind != "all")
-    from binding_sae.distributed import map_batches
     def one(sl):  # one batch of questions: (change [b, len(extra)], baseline [b])
         part = questions.iloc[keep[sl]]
         t, f = part["true option"].astype(str).tolist(), part["false option"].astype(str).tolist()
@@ -402,7 +399,6 @@ def describe_features(vlm, sae, questions:pd.DataFrame, # select questions of an
                       batch_size:int=32, n_examples:int=8, # top-activating questions kept per latent
                      ) -> dict:
     "Per latent: top tokens, top question families, tracked colours/shapes/options, top examples."
-    from binding_sae.distributed import map_batches
     ids = torch.tensor(feature_ids, dtype=torch.long)
     def one(sl):  # one batch: what each latent fires on there, its top examples already cut to n_examples
         desc = {j: _Description() for j in feature_ids}
