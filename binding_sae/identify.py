@@ -400,6 +400,7 @@ def describe_features(vlm, sae, questions:pd.DataFrame, # select questions of an
                      ) -> dict:
     "Per latent: top tokens, top question families, tracked colours/shapes/options, top examples."
     ids = torch.tensor(feature_ids, dtype=torch.long)
+    span = Span.of(sae, layer)  # a `Span`: every site's latents, global ids
     def one(sl):  # one batch: what each latent fires on there, its top examples already cut to n_examples
         desc = {j: _Description() for j in feature_ids}
         part = questions.iloc[sl]
@@ -408,7 +409,6 @@ def describe_features(vlm, sae, questions:pd.DataFrame, # select questions of an
         live = [i for i, v in enumerate(views) if v is not None and len(v)]
         if not live: return desc
         rows = torch.cat([torch.full_like(views[i], i) for i in live]); cols = torch.cat([views[i] for i in live])
-        span = Span.of(sae, layer)  # a `Span`: every site's latents, global ids
         x = capture(vlm, span.sites, batch, (rows, cols))
         with torch.no_grad(): a = torch.cat([sa.encode(x[s]) for s, sa in zip(span.sites, span.saes)], 1)[:, ids.to(x[span.sites[0]].device)].float().cpu().numpy()
         start = 0

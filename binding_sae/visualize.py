@@ -14,9 +14,9 @@ from PIL import Image
 __all__ = ['log', 'ATTRIBUTES', 'CSS', 'PAGE_CSS', 'FACTS', 'JS', 'HOOK_WORDS', 'CHECK_LABELS', 'DashboardError',
            'read_dashboard_inputs', 'attribute_base_rates', 'central_attributes', 'attribute_counts', 'selectivity',
            'tracked_values', 'is_tracked', 'tracks_text', 'histogram_svg', 'token_html', 'find_image', 'image_data_uri',
-           'scene_html', 'feature_effects', 'headline_effect', 'feature_swaps', 'interchange_html', 'rank_basis',
-           'feature_table_html', 'feature_panel_html', 'site_text', 'verdict_html', 'dashboard_html', 'image_roots',
-           'question_texts', 'base_rates', 'visualize_step', 'feature_browser']
+           'scene_html', 'feature_effects', 'headline_effect', 'feature_swaps', 'interchange_html', 'site_label',
+           'rank_basis', 'feature_table_html', 'feature_panel_html', 'site_text', 'verdict_html', 'dashboard_html',
+           'image_roots', 'question_texts', 'base_rates', 'visualize_step', 'feature_browser']
 
 # %% ../nbs/05_visualize.ipynb #f534c362
 from .config import Config, UserError, atomic_write_text, project_root
@@ -336,6 +336,11 @@ def _effect_cell(e) -> str:
 
 def _pct(x) -> str: return "—" if x is None else f"{100 * float(x):.2f}%"
 
+def site_label(f:dict, # a catalog feature
+              ) -> str:
+    "Where a feature lives: 'layer L · latent K' (over several layers a feature id is global, the latent is its SAE's own index)."
+    return f'layer {f["layer"]} · latent {f["latent"]}' if f.get("layer") is not None and f.get("latent") is not None else ""
+
 def _swap_cell(s) -> str:
     if not s or s.get("swap_rate") is None: return '<td class="num" data-v="">—</td>'
     v = float(s["swap_rate"])
@@ -372,7 +377,8 @@ def feature_table_html(features:list, # catalog features
         fid = int(f["feature_id"])
         tr = (tracks or {}).get(fid) or tracks_text(f)
         rows.append(f'<tr data-href="#f{fid}"><td class="num" data-v="{f.get("rank")}">{f.get("rank")}</td>'
-                    f'<td class="num" data-v="{fid}"><a href="#f{fid}">{fid}</a></td>' + num(f.get(key))
+                    f'<td class="num" data-v="{fid}"><a href="#f{fid}">{fid}</a>'
+                    + (f'<br><span class="small">{site_label(f)}</span>' if site_label(f) else "") + '</td>' + num(f.get(key))
                     + (num(f.get("score")) if key != "score" else "")
                     + f'<td class="num" data-v="{f.get("firing_rate")!r}">{_pct(f.get("firing_rate"))}</td>'
                     + _effect_cell(headline_effect(effects.get(fid, [])))
@@ -457,7 +463,7 @@ def feature_panel_html(feature:dict, # a catalog feature
     sel = selectivity(attribute_counts(feature, exs), base_rates)
     tracked = tracked_values(sel)
     cards = "".join(_example_html(e, vmax, tracked, effect_of, roots, cache) for e in exs) or '<p class="small">no examples recorded</p>'
-    return (f'<section class="panel" id="f{fid}"><h2>Feature {fid} <span class="small">rank {feature.get("rank")}</span></h2>'
+    return (f'<section class="panel" id="f{fid}"><h2>Feature {fid} <span class="small">{site_label(feature) + " · " if site_label(feature) else ""}rank {feature.get("rank")}</span></h2>'
             f'{_facts_html(feature, tracks_text(feature, sel), swap)}<div class="row">{hist_html}{_ablation_html(effects, question_text or {})}</div>'
             f'<h3>Top-activating questions <span class="small">(token colour ∝ activation, full colour = {_g(vmax)}; '
             f'hover a token for its value)</span></h3><div class="examples">{cards}</div>'

@@ -248,10 +248,16 @@ def interchange_table(path, task="binding_choose") -> str:
     return "\n".join(out) + "\n"
 
 
+def _verdicts(d) -> str:
+    "The ablation's and the interchange's verdicts of a recorded experiment, in a few words."
+    return ("supported" if d["ablation"]["verdict"].startswith("supported") else "not supported") + " / " + \
+           ("carries the binding" if "CARRIES THE BINDING" in d["headline"] else "does not show it")
+
+
 def span_table(*paths, task="binding_choose") -> str:
-    "One row per recorded experiment (`record-interchange`): its layers, where the budget went, drop, R and swap rate."
-    out = ["| run | layers | selected features per layer | relative drop [95 % CI] | R [95 % CI] | swap rate [95 % CI] |",
-           "|---|---|---|---|---|---|"]
+    "One row per recorded experiment (`record-interchange`): model, layers, where the budget went, drop, R, swap rate, verdicts."
+    out = ["| run | model | layers | selected features per layer | relative drop [95 % CI] | R [95 % CI] | swap rate [95 % CI] | "
+           "verdicts (ablation / interchange) |", "|---|---|---|---|---|---|---|---|"]
     rng = lambda v: "–" if not v or v[0] is None else f"{v[0]:.2f}–{v[1]:.2f}"
     for path in paths:
         d = _load(path)
@@ -260,8 +266,8 @@ def span_table(*paths, task="binding_choose") -> str:
         layers = m["layer"] if isinstance(m["layer"], list) else [m["layer"]]
         per = ", ".join(f"L{l}: {a['selected_layers'].count(l)}" for l in layers)
         (lo, hi), R = s["swap_rate_ci"], "–" if a["R"] is None else f"{a['R']:.2f}"
-        out.append(f"| `{d['config']}` | {', '.join(map(str, layers))} | {per} | {a['relative_drop']:.3f} [{rng(a['relative_drop_ci'])}] | "
-                   f"{R} [{rng(a['R_ci'])}] | {_pct(s['swap_rate'])} [{100 * lo:.1f}–{100 * hi:.1f} %] |")
+        out.append(f"| `{d['config']}` | `{m['model']}` | {', '.join(map(str, layers))} | {per} | {a['relative_drop']:.3f} [{rng(a['relative_drop_ci'])}] | "
+                   f"{R} [{rng(a['R_ci'])}] | {_pct(s['swap_rate'])} [{100 * lo:.1f}–{100 * hi:.1f} %] | {_verdicts(d)} |")
     return "\n".join(out) + "\n"
 
 
@@ -276,12 +282,10 @@ def hook_table(*paths, task="binding_choose") -> str:
         s = next(t for t in d["tasks"] if t["task"] == task)["summary"]
         (lo, hi), R, mt = s["swap_rate_ci"], "–" if a["R"] is None else f"{a['R']:.2f}", m["matching"]
         layers = m["layer"] if isinstance(m["layer"], list) else [m["layer"]]
-        verdicts = ("supported" if a["verdict"].startswith("supported") else "not supported") + " / " + \
-                   ("carries the binding" if "CARRIES THE BINDING" in d["headline"] else "does not show it")
         out.append(f"| `{m.get('hook', 'resid_post')}` | {', '.join(map(str, layers))} | {a['relative_drop']:.3f} [{rng(a['relative_drop_ci'])}] | "
                    f"{R} [{rng(a['R_ci'])}] | {_pct(s['swap_rate'])} [{100 * lo:.1f}–{100 * hi:.1f} %] | "
                    f"{_pct(s['random_swap_rate_mean'])} / {_pct(s['random_swap_rate_max'])} | "
-                   f"{mt['max_abs_smd']:.2f} ({'poor' if mt['poor'] else 'ok'}), {mt['n_pool']} latents | {verdicts} |")
+                   f"{mt['max_abs_smd']:.2f} ({'poor' if mt['poor'] else 'ok'}), {mt['n_pool']} latents | {_verdicts(d)} |")
     return "\n".join(out) + "\n"
 
 
