@@ -2,7 +2,8 @@
 config: the harvested shards and index are the same bytes, the SAE weights agree within 1e-6, only rank 0 writes the
 folder's JSON, a killed rank stops the launch with an error instead of a hang, and a rerun with one process resumes
 the SAE training from the checkpoint the two ranks left. Steps 2 and 3 (identify, ablate, knockout, interchange), whose
-question batches the two ranks split, write the same JSON bytes as one process."""
+question batches the two ranks split, write the same JSON bytes as one process. With `model.target_layer: auto` the
+layer choice (rank 0's knockout sweep) and step 1 equal one process's."""
 import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
@@ -99,3 +100,19 @@ def worker_pids(pid:int) -> list:
     for t in Path(f"/proc/{pid}/task").iterdir():
         kids += [int(c) for c in (t / "children").read_text().split()]
     return kids
+
+AUTO = ["--set", "model.name=models/toy_llava_routed", "--set", "model.target_layer=auto"]  # the organism with a peak
+
+def test_auto_layers_two_ranks_match_one(tmp_path):
+    """`model.target_layer: auto` under torchrun: rank 0 sweeps the knockout on select and records the choice, then both
+    ranks harvest and train on the chosen layer; the choice and the harvested shards equal one process's."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    runs = [launch(one, *AUTO, *SHORT), launch(two, *AUTO, *SHORT, ranks=2)]
+    with ThreadPoolExecutor(2) as pool: list(pool.map(finish, runs))
+    a, b = (json.loads((e / "layer_choice.json").read_text()) for e in (one, two))
+    assert a == b and a["layers"] == [2], (a["layers"], b["layers"])  # the routed organism reads the image in layer 2 only
+    x, y = files(one / "activations"), files(two / "activations")
+    assert x.keys() == y.keys() and all(x[k] == y[k] for k in x), sorted(k for k in x if x.get(k) != y.get(k))
+    assert json.loads((two / "sae/layer_2/cfg.json").read_text())["metadata"]["hook_name"] == "blocks.2.hook_resid_post"  # a chosen span: one folder per layer
+    wa, wb = (load_file(e / "sae/layer_2/sae_weights.safetensors") for e in (one, two))
+    for k in wa: torch.testing.assert_close(wb[k], wa[k], rtol=1e-6, atol=1e-6, msg=lambda m: f"{k}: {m}")
