@@ -298,7 +298,8 @@ def encode(vlm:VLM, questions:list[str], images:list, # PIL images (or image pat
     b = tokenize_prompts(vlm.tokenizer, vlm.template, questions, n_img, options, vlm.image_token, pad_at)
     b.pixel_values, b.image_sizes = enc['pixel_values'], enc.get('image_sizes')
     b.image_px = [im.size for im in images]
-    if any(b.missing.values()): log.info("positions not found (rows per kind): %s", b.missing_counts())
+    # per batch, so only at debug level: a step that needs a kind of position counts the questions it skips in its own summary
+    if any(b.missing.values()): log.debug("positions not found (rows per kind): %s", b.missing_counts())
     return b.to(vlm.device, vlm.dtype)
 
 # %% ../nbs/13_vlm.ipynb #e40e8e4d
