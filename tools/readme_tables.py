@@ -255,9 +255,9 @@ def _verdicts(d) -> str:
 
 
 def span_table(*paths, task="binding_choose") -> str:
-    "One row per recorded experiment (`record-interchange`): model, layers, where the budget went, drop, R, swap rate, verdicts."
-    out = ["| run | model | layers | selected features per layer | relative drop [95 % CI] | R [95 % CI] | swap rate [95 % CI] | "
-           "verdicts (ablation / interchange) |", "|---|---|---|---|---|---|---|---|"]
+    "One row per recorded experiment (`record-interchange`): model, site, layers, where the budget went, drop, R, swap rate, verdicts."
+    out = ["| run | model | site | layers | selected features per layer | relative drop [95 % CI] | R [95 % CI] | swap rate [95 % CI] | "
+           "verdicts (ablation / interchange) |", "|---|---|---|---|---|---|---|---|---|"]
     rng = lambda v: "–" if not v or v[0] is None else f"{v[0]:.2f}–{v[1]:.2f}"
     for path in paths:
         d = _load(path)
@@ -266,7 +266,7 @@ def span_table(*paths, task="binding_choose") -> str:
         layers = m["layer"] if isinstance(m["layer"], list) else [m["layer"]]
         per = ", ".join(f"L{l}: {a['selected_layers'].count(l)}" for l in layers)
         (lo, hi), R = s["swap_rate_ci"], "–" if a["R"] is None else f"{a['R']:.2f}"
-        out.append(f"| `{d['config']}` | `{m['model']}` | {', '.join(map(str, layers))} | {per} | {a['relative_drop']:.3f} [{rng(a['relative_drop_ci'])}] | "
+        out.append(f"| `{d['config']}` | `{m['model']}` | `{m.get('hook', 'resid_post')}` | {', '.join(map(str, layers))} | {per} | {a['relative_drop']:.3f} [{rng(a['relative_drop_ci'])}] | "
                    f"{R} [{rng(a['R_ci'])}] | {_pct(s['swap_rate'])} [{100 * lo:.1f}–{100 * hi:.1f} %] | {_verdicts(d)} |")
     return "\n".join(out) + "\n"
 
