@@ -254,20 +254,27 @@ def _verdicts(d) -> str:
            ("carries the binding" if "CARRIES THE BINDING" in d["headline"] else "does not show it")
 
 
+def _recorded_row(path, task:str) -> tuple:
+    "(record, the task's interchange summary, the layers, the cells 'drop [CI] | R [CI] | swap rate [CI]') of a recorded experiment (`record-interchange`)."
+    d = _load(path)
+    a, m = d["ablation"], d["metadata"]
+    s = next(t for t in d["tasks"] if t["task"] == task)["summary"]
+    rng = lambda v: "–" if not v or v[0] is None else f"{v[0]:.2f}–{v[1]:.2f}"
+    (lo, hi), R = s["swap_rate_ci"], "–" if a["R"] is None else f"{a['R']:.2f}"
+    cells = (f"{a['relative_drop']:.3f} [{rng(a['relative_drop_ci'])}] | {R} [{rng(a['R_ci'])}] | "
+             f"{_pct(s['swap_rate'])} [{100 * lo:.1f}–{100 * hi:.1f} %]")
+    return d, s, m["layer"] if isinstance(m["layer"], list) else [m["layer"]], cells
+
+
 def span_table(*paths, task="binding_choose") -> str:
     "One row per recorded experiment (`record-interchange`): model, site, layers, where the budget went, drop, R, swap rate, verdicts."
     out = ["| run | model | site | layers | selected features per layer | relative drop [95 % CI] | R [95 % CI] | swap rate [95 % CI] | "
            "verdicts (ablation / interchange) |", "|---|---|---|---|---|---|---|---|---|"]
-    rng = lambda v: "–" if not v or v[0] is None else f"{v[0]:.2f}–{v[1]:.2f}"
     for path in paths:
-        d = _load(path)
-        a, m = d["ablation"], d["metadata"]
-        s = next(t for t in d["tasks"] if t["task"] == task)["summary"]
-        layers = m["layer"] if isinstance(m["layer"], list) else [m["layer"]]
-        per = ", ".join(f"L{l}: {a['selected_layers'].count(l)}" for l in layers)
-        (lo, hi), R = s["swap_rate_ci"], "–" if a["R"] is None else f"{a['R']:.2f}"
-        out.append(f"| `{d['config']}` | `{m['model']}` | `{m.get('hook', 'resid_post')}` | {', '.join(map(str, layers))} | {per} | {a['relative_drop']:.3f} [{rng(a['relative_drop_ci'])}] | "
-                   f"{R} [{rng(a['R_ci'])}] | {_pct(s['swap_rate'])} [{100 * lo:.1f}–{100 * hi:.1f} %] | {_verdicts(d)} |")
+        d, _, layers, cells = _recorded_row(path, task)
+        m, per = d["metadata"], ", ".join(f"L{l}: {d['ablation']['selected_layers'].count(l)}" for l in layers)
+        out.append(f"| `{d['config']}` | `{m['model']}` | `{m.get('hook', 'resid_post')}` | {', '.join(map(str, layers))} | {per} | "
+                   f"{cells} | {_verdicts(d)} |")
     return "\n".join(out) + "\n"
 
 
@@ -275,15 +282,11 @@ def hook_table(*paths, task="binding_choose") -> str:
     "One row per recorded experiment (`record-interchange`) of one layer at different sites: hook, drop, R, swap rate and the random sets' match."
     out = ["| site (`harvest.hook`) | layer | relative drop [95 % CI] | R [95 % CI] | swap rate [95 % CI] | random sets' swap rate (mean / largest) | "
            "matched random sets (largest \\|SMD\\|, pool) | verdicts (ablation / interchange) |", "|---|---|---|---|---|---|---|---|"]
-    rng = lambda v: "–" if not v or v[0] is None else f"{v[0]:.2f}–{v[1]:.2f}"
     for path in paths:
-        d = _load(path)
-        a, m = d["ablation"], d["metadata"]
-        s = next(t for t in d["tasks"] if t["task"] == task)["summary"]
-        (lo, hi), R, mt = s["swap_rate_ci"], "–" if a["R"] is None else f"{a['R']:.2f}", m["matching"]
-        layers = m["layer"] if isinstance(m["layer"], list) else [m["layer"]]
-        out.append(f"| `{m.get('hook', 'resid_post')}` | {', '.join(map(str, layers))} | {a['relative_drop']:.3f} [{rng(a['relative_drop_ci'])}] | "
-                   f"{R} [{rng(a['R_ci'])}] | {_pct(s['swap_rate'])} [{100 * lo:.1f}–{100 * hi:.1f} %] | "
+        d, s, layers, cells = _recorded_row(path, task)
+        m = d["metadata"]
+        mt = m["matching"]
+        out.append(f"| `{m.get('hook', 'resid_post')}` | {', '.join(map(str, layers))} | {cells} | "
                    f"{_pct(s['random_swap_rate_mean'])} / {_pct(s['random_swap_rate_max'])} | "
                    f"{mt['max_abs_smd']:.2f} ({'poor' if mt['poor'] else 'ok'}), {mt['n_pool']} latents | {_verdicts(d)} |")
     return "\n".join(out) + "\n"
