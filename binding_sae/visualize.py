@@ -375,10 +375,10 @@ def feature_table_html(features:list, # catalog features
     rows = []
     for f in sorted(features, key=lambda f: (f.get("rank", 1e9), f["feature_id"])):
         fid = int(f["feature_id"])
-        tr = (tracks or {}).get(fid) or tracks_text(f)
+        tr, where = (tracks or {}).get(fid) or tracks_text(f), site_label(f)
         rows.append(f'<tr data-href="#f{fid}"><td class="num" data-v="{f.get("rank")}">{f.get("rank")}</td>'
                     f'<td class="num" data-v="{fid}"><a href="#f{fid}">{fid}</a>'
-                    + (f'<br><span class="small">{site_label(f)}</span>' if site_label(f) else "") + '</td>' + num(f.get(key))
+                    + (f'<br><span class="small">{where}</span>' if where else "") + '</td>' + num(f.get(key))
                     + (num(f.get("score")) if key != "score" else "")
                     + f'<td class="num" data-v="{f.get("firing_rate")!r}">{_pct(f.get("firing_rate"))}</td>'
                     + _effect_cell(headline_effect(effects.get(fid, [])))
@@ -461,9 +461,9 @@ def feature_panel_html(feature:dict, # a catalog feature
     h = headline_effect(effects)
     effect_of = dict(zip(h["question_id"], h["effect"])) if h else {}
     sel = selectivity(attribute_counts(feature, exs), base_rates)
-    tracked = tracked_values(sel)
+    tracked, where = tracked_values(sel), site_label(feature)
     cards = "".join(_example_html(e, vmax, tracked, effect_of, roots, cache) for e in exs) or '<p class="small">no examples recorded</p>'
-    return (f'<section class="panel" id="f{fid}"><h2>Feature {fid} <span class="small">{site_label(feature) + " · " if site_label(feature) else ""}rank {feature.get("rank")}</span></h2>'
+    return (f'<section class="panel" id="f{fid}"><h2>Feature {fid} <span class="small">{where + " · " if where else ""}rank {feature.get("rank")}</span></h2>'
             f'{_facts_html(feature, tracks_text(feature, sel), swap)}<div class="row">{hist_html}{_ablation_html(effects, question_text or {})}</div>'
             f'<h3>Top-activating questions <span class="small">(token colour ∝ activation, full colour = {_g(vmax)}; '
             f'hover a token for its value)</span></h3><div class="examples">{cards}</div>'
