@@ -5,6 +5,7 @@
 # %% ../nbs/14_toy.ipynb #3c20e694
 from __future__ import annotations
 import argparse, json, logging, math, os, random, shlex, sys, tempfile, time
+from functools import partial
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -387,6 +388,14 @@ def _probe(model, feats, scenes, sq, rng, family='binding_choose'):
 PROBE_FAMILIES = ('binding_choose', 'relation')
 
 # %% ../nbs/14_toy.ipynb #81ae7b0e
+def _layer_cut_hook(module, args, kwargs, held:dict):
+    "Attention pre-hook: also cut the pairs in `held['blocks']` ([B, T, T], True = blocked), if any, in this layer."
+    cut, m = held.get('blocks'), kwargs.get('attention_mask')
+    if cut is None: return None
+    if m is None or m.shape[-1] != cut.shape[-1]: raise RuntimeError('route_layer needs the 4-D training mask in every layer.')
+    kwargs['attention_mask'] = m & ~cut[:, None] if m.dtype == torch.bool else m.masked_fill(cut[:, None], torch.finfo(m.dtype).min)
+    return args, kwargs
+
 def _train_once(r:ToyRecipe, seed:int, device, workers:int, probe_min:float):
     "One training run of recipe `r` with `seed`; returns (model, processor, attempt record) or (None, None, record) on a plateau."
     t0, route = time.time(), r.route
@@ -409,9 +418,22 @@ def _train_once(r:ToyRecipe, seed:int, device, workers:int, probe_min:float):
     batches = iter(loader)
     params = [p for n, p in model.named_parameters() if not n.startswith('model.vision_tower')]
     opt = torch.optim.AdamW(params, lr=r.lr, betas=(0.9, 0.98), weight_decay=0.01, fused=str(device).startswith('cuda'))
+    gen = torch.Generator(device=device).manual_seed(seed)  # which QA sequences are routed
+    held, hooks = {}, []  # route_layer: the question rows of multi-object QA see the image in that layer only
+    if route and 'layer' in route:
+        hooks = [layer.self_attn.register_forward_pre_hook(partial(_layer_cut_hook, held=held), with_kwargs=True)
+                 for l, layer in enumerate(model.model.language_model.layers) if l != route['layer']]
+    try: return _train_loop(r, seed, device, model, processor, opt, params, batches, feats, pfeats, pscenes, sq, is_single,
+                            gen, held, probe_min, t0, n_single, vacc)
+    finally:
+        for h in hooks: h.remove()
+
+def _train_loop(r, seed, device, model, processor, opt, params, batches, feats, pfeats, pscenes, sq, is_single, gen, held,
+                probe_min, t0, n_single, vacc):
+    "The steps of `_train_once`; `held['blocks']` receives each batch's layer cut when the route names a layer."
+    route, steps, probe_step, log_every = r.route, r.steps, r.probe_step, r.log_every
     use_bf16 = str(device).startswith('cuda')
     history, routed, check = [], dict(qa=0, blocked=0), None
-    gen = torch.Generator(device=device).manual_seed(seed)  # which QA sequences are routed
     model.train()
     for step in range(steps):
         idx, ids, att, labels = (t.to(device, non_blocking=True) for t in next(batches))
@@ -431,8 +453,11 @@ def _train_once(r:ToyRecipe, seed:int, device, workers:int, probe_min:float):
                     d = fast_logits(model, feats[idx], ids, routed_mask(att, route_blocks(torch.zeros_like(rows)))) - fast_logits(model, feats[idx], ids, att)
                 check = float(d[att.bool()].abs().max()); model.train()
                 if check > 1e-3: raise RuntimeError(f'The routed 4-D mask changes unblocked logits by {check:.2e}.')
+        if route and 'layer' in route:  # every other layer: the question rows of multi-object QA may not see the image
+            held['blocks'] = route_blocks(question_rows(labels, att, route['answer_word']) & (qa & ~single)[:, None])
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=use_bf16):
             logits = fast_logits(model, feats[idx], ids, mask)
+        held.pop('blocks', None)
         loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten())
         opt.zero_grad(set_to_none=True); loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
@@ -489,7 +514,9 @@ def toy_train(out_dir:str|Path='models/toy_llava', # checkpoint folder to write
                                        'layer; p = p_early for the first `switch` fraction of the steps, then p_late; captions never'
                                        + ("; in the QA sequences of the single-object scenes (single_fraction of the pool) the "
                                           "question rows and the word 'answer' may not attend to the image instead, always"
-                                          if r.single_fraction else ''))
+                                          if r.single_fraction else '')
+                                       + (f"; the question rows of multi-object QA may attend to the image in layer {r.route_layer} "
+                                          "only (cut in every other layer, every step)" if r.route_layer >= 0 else ''))
     save_toy(model, processor, out_dir, record)
     if r.knockout_n:
         record['knockout'] = knockout_profile(out_dir, r.knockout_n, r.knockout_seed)

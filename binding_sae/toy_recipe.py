@@ -34,6 +34,7 @@ class ToyRecipe:
     route_switch: float = _opt(1.0, 'fraction of the steps trained with route_p_early')
     route_answer_word: int = _opt(1, "1 = also cut the template word 'answer' off the image")
     single_fraction: float = _opt(0.0, 'share of the pool that are single-object scenes, whose question rows may not see the image')
+    route_layer: int = _opt(-1, 'the one decoder layer in which the question rows of multi-object QA may see the image (-1 = every layer)')
     knockout_n: int = _opt(0, 'fresh scenes for a knockout profile in the training record (0 = none)')
     knockout_seed: int = _opt(7, 'world seed of those scenes')
     d_model: int = _opt(128, 'language-model width')
@@ -45,14 +46,17 @@ class ToyRecipe:
             v = getattr(self, k)
             if v is not None and not 0 <= v <= 1: raise UserError(f'--{k} must lie in [0, 1], got {v}.')
         if self.knockout_n < 0: raise UserError(f'--knockout_n must be at least 0, got {self.knockout_n}.')
+        if not -1 <= self.route_layer < self.n_layers:
+            raise UserError(f'--route_layer must be -1 or a layer in [0, {self.n_layers - 1}], got {self.route_layer}.')
 
     @property
     def route(self) -> dict|None:
         "The training masks: None for the plain recipe, else the route schedule (and the single-object share)."
         late = self.route_p_early if self.route_p_late is None else self.route_p_late
-        if not (self.route_p_early > 0 or late > 0 or self.single_fraction > 0): return None
+        if not (self.route_p_early > 0 or late > 0 or self.single_fraction > 0 or self.route_layer >= 0): return None
         return dict(p_early=self.route_p_early, p_late=late, switch=self.route_switch, answer_word=bool(self.route_answer_word),
-                    **({'single_fraction': self.single_fraction} if self.single_fraction else {}))
+                    **({'single_fraction': self.single_fraction} if self.single_fraction else {}),
+                    **({'layer': self.route_layer} if self.route_layer >= 0 else {}))
 
     @property
     def model_kw(self) -> dict: return dict(d_model=self.d_model, n_layers=self.n_layers, vision_layers=self.vision_layers)
