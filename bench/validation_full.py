@@ -1,8 +1,11 @@
 """Full-size validation (nbs/19_validation.ipynb at `smoke: False`) with the organism × seed runs in parallel processes.
 
     PYTHONPATH=$PWD python3 bench/validation_full.py --out output/validation --jobs 10
+    PYTHONPATH=$PWD python3 bench/validation_full.py --out output/validation_two_route --jobs 10 \
+        --config configs/toy_two_route.yaml --positive two_route=models/toy_llava_two_route
 
-Each worker runs one (organism, seed): the pipeline (steps 1-4) and, on the positive organism, the random-SAE baseline;
+`--config` and `--positive NAME=MODEL` swap the pre-registered config and the positive organism (the first organism,
+models/toy_llava, stays the negative control). Each worker runs one (organism, seed): the pipeline (steps 1-4) and, on the positive organism, the random-SAE baseline;
 then `validate` reads the finished runs (it skips finished steps), adds the feature-tracking tables and writes
 <out>/validation.json. The result is the same computation as the notebook's full run, only scheduled in parallel."""
 import argparse, json, os, subprocess, sys
@@ -11,6 +14,14 @@ from pathlib import Path
 
 CONFIG = "configs/toy_routed.yaml"
 ORGANISMS = {"routed": ("models/toy_llava_routed", True), "shortcut": ("models/toy_llava", False)}
+
+def choose(config, positive):
+    "Set CONFIG and ORGANISMS from --config and --positive NAME=MODEL (None: keep the defaults)."
+    global CONFIG, ORGANISMS
+    if config: CONFIG = config
+    if positive:
+        name, model = positive.split("=", 1)
+        ORGANISMS = {name: (model, True), "shortcut": ORGANISMS["shortcut"]}
 
 def one(name, seed, out):
     from binding_sae.validation import replicate
@@ -41,7 +52,9 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="output/validation"); ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1); ap.add_argument("--worker", nargs=2)
     ap.add_argument("--summarize", metavar="JSON", help="only summarize the finished runs in --out into JSON")
+    ap.add_argument("--config"); ap.add_argument("--positive", metavar="NAME=MODEL")
     a = ap.parse_args()
+    choose(a.config, a.positive)
     if a.summarize: print(json.dumps(summarize(a.out, a.summarize)[1], indent=1)); sys.exit(0)
     if a.worker: one(a.worker[0], int(a.worker[1]), a.out); sys.exit(0)
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -49,7 +62,8 @@ if __name__ == "__main__":
     from binding_sae.config import load_config
     ensure_world(load_config(CONFIG))  # once, before the workers share it
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = lambda n, s: [sys.executable, __file__, "--out", a.out, "--worker", n, str(s)]
+    pass_on = [*(["--config", a.config] if a.config else []), *(["--positive", a.positive] if a.positive else [])]
+    cmd = lambda n, s: [sys.executable, __file__, "--out", a.out, "--worker", n, str(s), *pass_on]
     with ThreadPoolExecutor(a.jobs) as ex:
         rcs = list(ex.map(lambda t: subprocess.run(cmd(*t), env=env, stdout=open(Path(a.out + f"_{t[0]}_{t[1]}.log"), "w"), stderr=subprocess.STDOUT).returncode,
                           [(n, s) for n in ORGANISMS for s in seeds]))

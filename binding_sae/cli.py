@@ -161,6 +161,8 @@ def _guard(fn) -> int:
     from binding_sae.pipeline import StepFailed  # after argument parsing: --help never imports the steps
     try:
         rc = fn()
+        from binding_sae.distributed import shutdown
+        shutdown()
         return rc if isinstance(rc, int) else 0
     except UserError as e:
         _print_error(e)

@@ -11,8 +11,8 @@ from .config import UserError
 
 # %% auto #0
 __all__ = ['log', 'TIMEOUT_ENV', 'DEFAULT_TIMEOUT_S', 'DistributedError', 'torchrun_env', 'solo', 'init', 'world_size', 'rank',
-           'is_main', 'barrier', 'block', 'split', 'gather', 'run_on_main', 'record', 'map_batches', 'shares',
-           'all_sum', 'average_gradients', 'free_port', 'local_env']
+           'is_main', 'barrier', 'shutdown', 'block', 'split', 'gather', 'run_on_main', 'record', 'map_batches',
+           'shares', 'all_sum', 'average_gradients', 'free_port', 'local_env']
 
 # %% ../nbs/23_distributed.ipynb #223b416a
 log = logging.getLogger(__name__)
@@ -79,6 +79,15 @@ def is_main() -> bool:
 def barrier():
     "Wait until every rank gets here (nothing to wait for in one process)."
     if (d := _dist()) is not None: d.barrier()
+
+def shutdown():
+    "Leave the process group once a command has finished on every rank (after a barrier); nothing without torchrun."
+    global _patient
+    import torch.distributed as dist
+    if _solo or not (dist.is_available() and dist.is_initialized()): return
+    dist.barrier()
+    dist.destroy_process_group()  # gloo's threads stop here, not at interpreter exit (where they could abort a rank)
+    _patient = None
 
 # %% ../nbs/23_distributed.ipynb #008d3bab
 def block(n:int, # number of items

@@ -115,4 +115,5 @@ def test_auto_layers_two_ranks_match_one(tmp_path):
     assert x.keys() == y.keys() and all(x[k] == y[k] for k in x), sorted(k for k in x if x.get(k) != y.get(k))
     assert json.loads((two / "sae/layer_2/cfg.json").read_text())["metadata"]["hook_name"] == "blocks.2.hook_resid_post"  # a chosen span: one folder per layer
     wa, wb = (load_file(e / "sae/layer_2/sae_weights.safetensors") for e in (one, two))
-    for k in wa: torch.testing.assert_close(wb[k], wa[k], rtol=1e-6, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    # two ranks sum the gradient in two halves: on an AMD EPYC one decoder weight in 32,768 ends 6e-6 away after 10 steps
+    for k in wa: torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-5, msg=lambda m: f"{k}: {m}")

