@@ -284,6 +284,14 @@ def route_p(step:int, steps:int, p_early:float, p_late:float, switch:float) -> f
     "Share of QA sequences routed at `step`: `p_early` for the first `switch` fraction of the steps, then `p_late`."
     return p_early if step < switch * steps else p_late
 
+def _layer_cut_hook(module, args, kwargs, held:dict):
+    "Attention pre-hook: also cut the pairs in `held['blocks']` ([B, T, T], True = blocked), if any, in this layer."
+    cut, m = held.get('blocks'), kwargs.get('attention_mask')
+    if cut is None: return None
+    if m is None or m.shape[-1] != cut.shape[-1]: raise RuntimeError('route_layer needs the 4-D training mask in every layer.')
+    kwargs['attention_mask'] = m & ~cut[:, None] if m.dtype == torch.bool else m.masked_fill(cut[:, None], torch.finfo(m.dtype).min)
+    return args, kwargs
+
 
 # %% ../nbs/14_toy.ipynb #124d9421
 def eval_questions(n:int, # number of fresh scenes
@@ -388,14 +396,6 @@ def _probe(model, feats, scenes, sq, rng, family='binding_choose'):
 PROBE_FAMILIES = ('binding_choose', 'relation')
 
 # %% ../nbs/14_toy.ipynb #81ae7b0e
-def _layer_cut_hook(module, args, kwargs, held:dict):
-    "Attention pre-hook: also cut the pairs in `held['blocks']` ([B, T, T], True = blocked), if any, in this layer."
-    cut, m = held.get('blocks'), kwargs.get('attention_mask')
-    if cut is None: return None
-    if m is None or m.shape[-1] != cut.shape[-1]: raise RuntimeError('route_layer needs the 4-D training mask in every layer.')
-    kwargs['attention_mask'] = m & ~cut[:, None] if m.dtype == torch.bool else m.masked_fill(cut[:, None], torch.finfo(m.dtype).min)
-    return args, kwargs
-
 def _train_once(r:ToyRecipe, seed:int, device, workers:int, probe_min:float):
     "One training run of recipe `r` with `seed`; returns (model, processor, attempt record) or (None, None, record) on a plateau."
     t0, route = time.time(), r.route

@@ -105,10 +105,11 @@ def _knockout_cell(c:dict) -> str:
     return ", ".join(f"{n(v)} % (L{l}; CI {n(lo)} to {n(hi)})" for l, v, lo, hi in big)
 
 
-def organisms_table(shortcut, routed) -> str:
-    "Accuracy per family and the knockout profile of each organism, from two recorded `toy-eval --json --knockout_n N` runs."
+def organisms_table(*paths) -> str:
+    "Accuracy per family and the knockout profile of each organism, from recorded `toy-eval --json --knockout_n N` runs (bench/results/toy_eval_NAME.json)."
     out = ["| organism | " + " / ".join(FAMILIES) + " | Image→Question | Image→Last | Question→Last |", "|---|---|---|---|---|"]
-    for name, path in (("shortcut", shortcut), ("routed", routed)):
+    for path in paths:
+        name = Path(path).stem.removeprefix("toy_eval_").replace("_", "-")
         acc, ko = _eval_parts(_load(path))
         cells = [_knockout_cell(ko["curves"][f]) for f in ("Image->Question", "Image->Last", "Question->Last")]
         out.append(f"| {name} | " + " / ".join(f"{acc[f]:.3f}" for f in FAMILIES) + " | " + " | ".join(cells) + " |")
