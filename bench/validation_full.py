@@ -53,8 +53,16 @@ if __name__ == "__main__":
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1); ap.add_argument("--worker", nargs=2)
     ap.add_argument("--summarize", metavar="JSON", help="only summarize the finished runs in --out into JSON")
     ap.add_argument("--config"); ap.add_argument("--positive", metavar="NAME=MODEL")
+    ap.add_argument("--tracking", nargs=2, metavar=("EXPERIMENT_DIR", "JSON"),
+                    help="only the feature-tracking AUROCs of one finished experiment (run with --config) into JSON")
     a = ap.parse_args()
     choose(a.config, a.positive)
+    if a.tracking:
+        from binding_sae.validation import feature_tracking
+        df = feature_tracking(CONFIG, a.tracking[0])
+        Path(a.tracking[1]).write_text(json.dumps({"config": CONFIG, "command": "python3 " + " ".join(sys.argv),
+                                                   "rows": df.to_dict("records")}, indent=1) + "\n")
+        print(df.round(3).to_string()); sys.exit(0)
     if a.summarize: print(json.dumps(summarize(a.out, a.summarize)[1], indent=1)); sys.exit(0)
     if a.worker: one(a.worker[0], int(a.worker[1]), a.out); sys.exit(0)
     seeds = [int(s) for s in a.seeds.split(",")]
