@@ -5,8 +5,7 @@
 # %% ../nbs/14_toy.ipynb #3c20e694
 from __future__ import annotations
 import argparse, json, logging, math, os, random, shlex, sys, tempfile, time
-from contextlib import contextmanager
-from functools import partial
+from contextlib import nullcontext
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -285,24 +284,6 @@ def route_p(step:int, steps:int, p_early:float, p_late:float, switch:float) -> f
     "Share of QA sequences routed at `step`: `p_early` for the first `switch` fraction of the steps, then `p_late`."
     return p_early if step < switch * steps else p_late
 
-def _layer_cut_hook(module, args, kwargs, held:dict):
-    "Attention pre-hook: also cut the pairs in `held['blocks']` ([B, T, T], True = blocked), if any, in this layer."
-    cut, m = held.get('blocks'), kwargs.get('attention_mask')
-    if cut is None: return None
-    if m is None or m.shape[-1] != cut.shape[-1]: raise RuntimeError('route_layer needs the 4-D training mask in every layer.')
-    kwargs['attention_mask'] = m & ~cut[:, None] if m.dtype == torch.bool else m.masked_fill(cut[:, None], torch.finfo(m.dtype).min)
-    return args, kwargs
-
-@contextmanager
-def _question_layer_only(model, route:dict|None, held:dict):
-    "While training: `_layer_cut_hook` on every decoder layer but `route['layer']` (nothing when the route names no layer)."
-    layers = model.model.language_model.layers if route and 'layer' in route else []
-    hooks = [m.self_attn.register_forward_pre_hook(partial(_layer_cut_hook, held=held), with_kwargs=True)
-             for l, m in enumerate(layers) if l != route['layer']]
-    try: yield
-    finally:
-        for h in hooks: h.remove()
-
 
 # %% ../nbs/14_toy.ipynb #124d9421
 def eval_questions(n:int, # number of fresh scenes
@@ -431,44 +412,49 @@ def _train_once(r:ToyRecipe, seed:int, device, workers:int, probe_min:float):
     opt = torch.optim.AdamW(params, lr=r.lr, betas=(0.9, 0.98), weight_decay=0.01, fused=str(device).startswith('cuda'))
     gen = torch.Generator(device=device).manual_seed(seed)  # which QA sequences are routed
     use_bf16 = str(device).startswith('cuda')
-    history, routed, check, held = [], dict(qa=0, blocked=0), None, {}
-    with _question_layer_only(model, route, held):  # route_layer: the question rows see the image in that layer only
-        model.train()
-        for step in range(steps):
-            idx, ids, att, labels = (t.to(device, non_blocking=True) for t in next(batches))
-            for g in opt.param_groups: g['lr'] = _lr(step, steps, r.lr, r.warmup, r.decay_fraction)
-            mask, p = att, 0.0
-            if route:
-                p = route_p(step, steps, route['p_early'], route['p_late'], route['switch'])
-                rows = answer_rows(labels, route['answer_word'])
-                qa = rows.any(1); on = qa & (torch.rand(len(qa), generator=gen, device=device) < p)
-                single = is_single[idx]
-                routed['qa'] += int((qa & ~single).sum()); routed['blocked'] += int((on & ~single).sum())
-                routed['single_qa'] = routed.get('single_qa', 0) + int((qa & single).sum())
-                mask = routed_mask(att, training_blocks(labels, att, on, single, route['answer_word']))
-                if check is None:  # the 4-D path with nothing blocked must give the plain path's logits
-                    model.eval()
-                    with torch.no_grad():
-                        d = fast_logits(model, feats[idx], ids, routed_mask(att, route_blocks(torch.zeros_like(rows)))) - fast_logits(model, feats[idx], ids, att)
-                    check = float(d[att.bool()].abs().max()); model.train()
-                    if check > 1e-3: raise RuntimeError(f'The routed 4-D mask changes unblocked logits by {check:.2e}.')
-            if route and 'layer' in route:  # every other layer: the question rows of multi-object QA may not see the image
-                held['blocks'] = route_blocks(question_rows(labels, att, route['answer_word']) & (qa & ~single)[:, None])
-            with torch.autocast('cuda', dtype=torch.bfloat16, enabled=use_bf16):
-                logits = fast_logits(model, feats[idx], ids, mask)
-            held.pop('blocks', None)
-            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten())
-            opt.zero_grad(set_to_none=True); loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
-            if (step + 1) % log_every == 0 or step + 1 == probe_step:
-                model.eval(); probe = {f: _probe(model, pfeats, pscenes, sq, random.Random(0), f) for f in PROBE_FAMILIES}
-                model.train()
-                history.append(dict(step=step + 1, loss=float(loss.item()), probe=probe, time_s=round(time.time() - t0, 1),
-                                    **(dict(route_p=p, routed_share=routed['blocked'] / max(1, routed['qa'])) if route else {})))
-                logger.info('seed %d step %d loss %.4f probe %s (%.0f s)', seed, step + 1, loss.item(),
-                            ' '.join(f'{k} {v:.3f}' for k, v in probe.items()), time.time() - t0)
-                if step + 1 == probe_step and min(probe.values()) < probe_min:
-                    return None, None, dict(seed=seed, plateau_at=step + 1, probe=probe, history=history)
+    history, routed, check = [], dict(qa=0, blocked=0), None
+    cut_layers = [l for l in range(r.n_layers) if l != route['layer']] if route and 'layer' in route else []
+    if cut_layers:  # the project's own knockout cuts the other layers (`binding_sae.forward.knockout`)
+        from binding_sae.vlm import make_vlm
+        from binding_sae.forward import knockout
+        vlm = make_vlm(model, processor, PROMPT_TEMPLATE, 'toy')
+    model.train()
+    for step in range(steps):
+        idx, ids, att, labels = (t.to(device, non_blocking=True) for t in next(batches))
+        for g in opt.param_groups: g['lr'] = _lr(step, steps, r.lr, r.warmup, r.decay_fraction)
+        mask, p = att, 0.0
+        if route:
+            p = route_p(step, steps, route['p_early'], route['p_late'], route['switch'])
+            rows = answer_rows(labels, route['answer_word'])
+            qa = rows.any(1); on = qa & (torch.rand(len(qa), generator=gen, device=device) < p)
+            single = is_single[idx]
+            routed['qa'] += int((qa & ~single).sum()); routed['blocked'] += int((on & ~single).sum())
+            routed['single_qa'] = routed.get('single_qa', 0) + int((qa & single).sum())
+            mask = routed_mask(att, training_blocks(labels, att, on, single, route['answer_word']))
+            if check is None:  # the 4-D path with nothing blocked must give the plain path's logits
+                model.eval()
+                with torch.no_grad():
+                    d = fast_logits(model, feats[idx], ids, routed_mask(att, route_blocks(torch.zeros_like(rows)))) - fast_logits(model, feats[idx], ids, att)
+                check = float(d[att.bool()].abs().max()); model.train()
+                if check > 1e-3: raise RuntimeError(f'The routed 4-D mask changes unblocked logits by {check:.2e}.')
+        cuts = {}  # route_layer: in every other layer the question rows of multi-object QA may not see the image
+        if cut_layers:
+            cut = route_blocks(question_rows(labels, att, route['answer_word']) & ~single[:, None])  # (question rows are QA rows)
+            cuts = {l: cut for l in cut_layers}
+        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=use_bf16), knockout(vlm, cuts) if cuts else nullcontext():
+            logits = fast_logits(model, feats[idx], ids, mask)
+        loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True); loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
+        if (step + 1) % log_every == 0 or step + 1 == probe_step:
+            model.eval(); probe = {f: _probe(model, pfeats, pscenes, sq, random.Random(0), f) for f in PROBE_FAMILIES}
+            model.train()
+            history.append(dict(step=step + 1, loss=float(loss.item()), probe=probe, time_s=round(time.time() - t0, 1),
+                                **(dict(route_p=p, routed_share=routed['blocked'] / max(1, routed['qa'])) if route else {})))
+            logger.info('seed %d step %d loss %.4f probe %s (%.0f s)', seed, step + 1, loss.item(),
+                        ' '.join(f'{k} {v:.3f}' for k, v in probe.items()), time.time() - t0)
+            if step + 1 == probe_step and min(probe.values()) < probe_min:
+                return None, None, dict(seed=seed, plateau_at=step + 1, probe=probe, history=history)
     model.eval()
     extra = dict(routed_qa_sequences=routed['blocked'], qa_sequences=routed['qa'], mask_check_max_abs_dlogit=check,
                  **({'single_object_qa_sequences': routed['single_qa']} if n_single else {})) if route else {}
