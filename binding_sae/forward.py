@@ -19,7 +19,7 @@ __all__ = ['FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'e
            'plan_batches', 'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout',
            'segment_blocks', 'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy',
            'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions', 'Span', 'stacked', 'condition_index',
-           'ablation_deltas', 'site_conditions', 'span_ablation', 'remove_sets']
+           'ablation_deltas', 'distinct_deltas', 'site_conditions', 'span_ablation', 'remove_sets']
 
 # %% ../nbs/18_forward.ipynb #9634836e
 from .config import Config, target_layers, EditPosition, AblationMode, Flow, Hook, OBJECT_FLOWS
@@ -473,6 +473,7 @@ class Baseline:
     tuple_len: int = 0 # the site's module returns a tuple of this length (0 = a tensor)
     site: Site|None = None # the recorded site
     inputs: torch.Tensor|None = None # its layer's input in this run [B, T − upto, d] (sub-module sites)
+    logits: torch.Tensor|None = None # float32 last-position logits [B, V]
 
     def above(self, vlm:VLM, r:int, # conditions per row in the forward
               segments:bool, # their layout (as `condition_positions`)
@@ -498,7 +499,7 @@ def run_baseline(vlm:VLM, batch:Batch, prefix:Prefix, true_ids:torch.Tensor, fal
         logits = prefix.run(vlm, batch)
     finally:
         for h in handles: h.remove()
-    out = Baseline(last_position_metrics(logits, true_ids, false_ids), true_ids, false_ids, site=site)
+    out = Baseline(last_position_metrics(logits, true_ids, false_ids), true_ids, false_ids, site=site, logits=logits)
     if "out" in store:
         o = store["out"]
         out.tuple_len = len(o) if isinstance(o, tuple) else 0
@@ -695,6 +696,21 @@ def ablation_deltas(sae, x:torch.Tensor, # layer activations at the edited posit
         else: d = (sae.decode(f) - xs)[None if which is None else slice(None)] - contrib
     return d.to(x.dtype)
 
+# %% ../nbs/18_forward.ipynb #0d2557e5
+def distinct_deltas(d:torch.Tensor, # one row's deltas [n_conditions, n_pos, d]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    "(the conditions to run: the first of each distinct non-zero delta, in order; per condition its slot among them, −1 for a zero delta)."
+    n = len(d); flat = d.reshape(n, -1); ar = torch.arange(n, device=d.device)
+    if n == 0: return ar.cpu(), ar.cpu()
+    w = torch.linspace(1.0, 2.0, flat.shape[1], dtype=torch.float64, device=d.device)
+    _, inv = torch.unique(flat.double() @ w, return_inverse=True)
+    rep = torch.full((int(inv.max()) + 1,), n, device=d.device).scatter_reduce(0, inv, ar, "amin")[inv]  # first of its group
+    rep = torch.where((flat == flat[rep]).all(1), rep, ar)  # not equal to its group's first (a collision, NaN): runs itself
+    zero = ~flat.any(1)
+    run = (rep == ar) & ~zero
+    slot = torch.where(zero, -1, (run.cumsum(0) - 1)[rep])
+    return ar[run].cpu(), slot.cpu()
+
 # %% ../nbs/18_forward.ipynb #4dbe5cd4
 def site_conditions(vlm:VLM, batch:Batch, site:int|Site, # the edited site (a layer number: its output)
                     cols:list, # per row its edited positions (absolute; none empty)
@@ -709,14 +725,22 @@ def site_conditions(vlm:VLM, batch:Batch, site:int|Site, # the edited site (a la
     base = run_baseline(vlm, batch, prefix, *ids, layer=site)
     x = [base.hidden[i, c - prefix.upto] for i, c in enumerate(cols)]
     d = [deltas(xi) for xi in x]  # each [n_conditions, n_pos, d]
-    S = base.hidden.shape[1]
-    def edit(k0, k1, seg):  # everything up to the site is the baseline's; its output plus each condition's delta goes on
+    S, n = base.hidden.shape[1], d[0].shape[0]
+    if above: plan = [(torch.arange(n), torch.arange(n))] * len(d)  # live edits read the condition: every one runs
+    else: plan = [distinct_deltas(di) for di in d]
+    m = max(len(k) for k, _ in plan)  # forwards per row: the most distinct non-zero deltas of any row
+    dd = [torch.cat([di[k], di.new_zeros(m - len(k), *di.shape[1:])]) for di, (k, _) in zip(d, plan)]  # padded slots
+    def edit(k0, k1, seg):  # everything up to the site is the baseline's; its output plus each slot's delta goes on
         r = k1 - k0
-        delta = torch.cat([di[k0:k1].reshape(-1, di.shape[-1]) for di in d])  # row-major: question, condition, position
+        delta = torch.cat([di[k0:k1].reshape(-1, di.shape[-1]) for di in dd])  # row-major: question, slot, position
         pos = condition_positions(cols, r, S, seg)
         live = [(s, dict(fn=make(condition_index(cols, k0, k1)), positions=pos)) for s, make in above]
         return stacked(base.above(vlm, r, seg, pos, delta, prefix.upto), edit_sites(vlm, live))
-    out = metrics_numpy(run_conditions(vlm, batch, prefix, base, d[0].shape[0], edit, n_rows, segments))
+    ran = metrics_numpy(run_conditions(vlm, batch, prefix, base, m, edit, n_rows, segments))
+    same = metrics_numpy(last_position_metrics(base.logits, base.true_ids, base.false_ids, base.metrics["pred_token"],
+                                               base.metrics["pred_token_prob"]))  # a zero delta: the unedited run
+    idx = np.stack([np.where(s.numpy() >= 0, s.numpy(), m) for _, s in plan])  # slot m: the unedited run
+    out = {k: np.take_along_axis(np.concatenate([ran[k], same[k][:, None]], 1), idx, 1) for k in METRICS}
     return metrics_numpy(base.metrics), out, x
 
 
