@@ -126,8 +126,18 @@ def main():
                                            tc.intermediate_size, tc.num_attention_heads, tc.num_key_value_heads)
                          for n, f in zip(suffix, first)) / len(probe)) + 2 * tc.hidden_size * tc.vocab_size
     peak = matmul_peak(torch.device(dev), n=8192 if dev == "cuda" else 512)
+    # the forwards that ran: a condition whose delta is zero (no latent of its set active at the question's positions)
+    # or equal to another condition's takes that result without a forward (`binding_sae.forward.distinct_deltas`)
+    import binding_sae.forward as F
+    ran, plain, pairs = [], F.run_conditions, F.run_pairs
+    F.run_conditions = lambda vlm_, batch, prefix, base, n, *args, **kw: ran.append(len(batch) * n) or plain(vlm_, batch, prefix, base, n, *args, **kw)
+    F.run_pairs = lambda vlm_, batch, prefix, base, cols, deltas, *args, **kw: ran.append(sum(len(x) for x in deltas)) or pairs(vlm_, batch, prefix, base, cols, deltas, *args, **kw)
+    try: run_ablate()
+    finally: F.run_conditions, F.run_pairs = plain, pairs
+    res["ablate_rows_run_fraction"] = sum(ran) / (len(qs) * len(sets))  # rows run (segment padding included) / question-conditions
+    res["ablate_ms_per_row_run"] = res["ablate_ms_per_question_condition"] / res["ablate_rows_run_fraction"]
     res.update(matmul_peak_flops=peak, suffix_tokens_mean=float(suffix.mean()), flops_per_question_condition=per_cond,
-               ablate_flop_fraction=per_cond / (res["ablate_ms_per_question_condition"] / 1e3) / peak)
+               ablate_flop_fraction=per_cond / (res["ablate_ms_per_row_run"] / 1e3) / peak)  # of the forwards that ran
 
     # ours: the interchange, the same sets swapped from counterfactual scenes (other random images, same questions)
     cf_images = [Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)) for _ in range(len(qs))]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/18_forward.ipynb #43feaf98
 from __future__ import annotations
-import contextvars
+import contextvars, copy
 from contextlib import contextmanager, ExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -17,9 +17,10 @@ import torch
 __all__ = ['FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'edit_sites', 'prefix_length', 'prefix_cache',
            'extend_cache', 'run_suffix', 'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token',
            'plan_batches', 'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout',
-           'segment_blocks', 'condition_blocks', 'Baseline', 'run_baseline', 'run_conditions', 'metrics_numpy',
-           'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions', 'Span', 'stacked', 'condition_index',
-           'ablation_deltas', 'distinct_deltas', 'site_conditions', 'span_ablation', 'remove_sets']
+           'segment_blocks', 'condition_blocks', 'Baseline', 'run_baseline', 'run_pairs', 'run_conditions',
+           'metrics_numpy', 'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions', 'set_keys', 'Span',
+           'stacked', 'condition_index', 'ablation_deltas', 'distinct_deltas', 'site_conditions', 'span_ablation',
+           'remove_sets']
 
 # %% ../nbs/18_forward.ipynb #9634836e
 from .config import Config, target_layers, EditPosition, AblationMode, Flow, Hook, OBJECT_FLOWS
@@ -208,18 +209,26 @@ def extend_cache(vlm:VLM, batch:Batch, cache, upto:int, # the cache holds [0, up
                         **{_CACHE_KW: _repeat_cache(cache, 1)})
     return _out_cache(out)
 
+def _rows_of(repeat:int|torch.Tensor):
+    "(x -> its rows for the forward, the cache's copy for it): `repeat` copies of every row, or the rows a LongTensor picks."
+    if isinstance(repeat, torch.Tensor):
+        def cache_rows(cache):
+            c = copy.deepcopy(cache); c.batch_select_indices(repeat.cpu()); return c
+        return (lambda x: x[repeat.to(x.device)]), cache_rows
+    return (lambda x: x.repeat_interleave(repeat, 0)), (lambda cache: _repeat_cache(cache, repeat))
+
 def run_suffix(vlm:VLM, batch:Batch, cache, upto:int, # the `upto` the cache was built with
-               repeat:int=1, # conditions per row (rows repeated-interleaved)
+               repeat:int|torch.Tensor=1, # conditions per row (rows repeated-interleaved), or the batch row of each forward row
               ) -> torch.Tensor:
-    "Run positions [upto, T) on top of a prefix cache, `repeat` copies per row; float32 last-position logits [B·repeat, V]."
+    "Run positions [upto, T) on top of a prefix cache, `repeat` copies per row (or the rows `repeat` picks); float32 last-position logits [rows, V]."
     if cache.get_seq_length() != upto: raise ModelError(f"The cache holds {cache.get_seq_length()} positions, not upto={upto}.")
-    rep = lambda x: x.repeat_interleave(repeat, 0)
+    rep, cache_rows = _rows_of(repeat)
     tok_ = _STRICT_SUFFIX.set(True)
     try:
         with torch.no_grad():
             out = vlm.model(input_ids=rep(batch.input_ids[:, upto:]), attention_mask=rep(batch.attention_mask),
                             position_ids=rep(batch.position_ids[:, upto:]), use_cache=True, logits_to_keep=1,
-                            **{_CACHE_KW: _repeat_cache(cache, repeat)})
+                            **{_CACHE_KW: cache_rows(cache)})
     finally: _STRICT_SUFFIX.reset(tok_)
     return out.logits[:, -1].float()
 
@@ -276,14 +285,14 @@ class Prefix:
         if self.cache is None: return Prefix.build(vlm, batch, to)
         return Prefix(to, extend_cache(vlm, batch, self.cache, self.upto, to))
 
-    def run(self, vlm:VLM, batch:Batch, repeat:int=1, # conditions per row
+    def run(self, vlm:VLM, batch:Batch, repeat:int|torch.Tensor=1, # conditions per row, or the batch row of each forward row
             segments:bool=False, # as segments of one row (needs a cache)
            ) -> torch.Tensor:
-        "Float32 last-position logits [B·repeat, V] of `repeat` copies of every row (row b, condition k → b·repeat + k)."
+        "Float32 last-position logits [B·repeat, V] of `repeat` copies of every row (row b, condition k → b·repeat + k), or of the rows a LongTensor `repeat` picks."
         if self.cache is None:
+            rep = _rows_of(repeat)[0]
             with torch.no_grad():
-                out = vlm.model(**{k: v.repeat_interleave(repeat, 0) for k, v in batch.model_inputs().items()},
-                                use_cache=False, logits_to_keep=1)
+                out = vlm.model(**{k: rep(v) for k, v in batch.model_inputs().items()}, use_cache=False, logits_to_keep=1)
             return out.logits[:, -1].float()
         if segments: return run_segments(vlm, batch, self.cache, self.upto, repeat)
         return run_suffix(vlm, batch, self.cache, self.upto, repeat)
@@ -507,6 +516,28 @@ def run_baseline(vlm:VLM, batch:Batch, prefix:Prefix, true_ids:torch.Tensor, fal
         out.inputs = store["in"].detach() if "in" in store else None
     return out
 
+def run_pairs(vlm:VLM, batch:Batch, prefix:Prefix, base:Baseline,
+              cols:list, # per row its edited positions (absolute)
+              deltas:list, # per row [n_i, n_pos, d]: what each of its n_i forwards adds at its positions
+              n_rows:int=64, # rows per forward
+             ) -> dict:
+    "Last-position metrics of every row's forwards, the rows of all questions packed n_rows at a time: {metric: [Σ n_i]}, row-major."
+    rows = torch.cat([torch.full((len(x),), i, dtype=torch.long) for i, x in enumerate(deltas)])
+    flat = [x for dx in deltas for x in dx]  # each [n_pos, d]
+    parts = []
+    for a in range(0, len(rows), n_rows):
+        r = rows[a:a + n_rows]
+        pos = (torch.cat([torch.full((len(cols[i]),), t) for t, i in enumerate(r.tolist())]),
+               torch.cat([cols[i].cpu() for i in r.tolist()]))
+        pick = lambda t: None if t is None else t[r.to(t.device)]
+        with upper_layers_only(vlm, base.site, pick(base.hidden), pos, torch.cat(flat[a:a + n_rows]), prefix.upto,
+                               base.tuple_len, pick(base.inputs)):
+            logits = prefix.run(vlm, batch, r)
+        parts.append(last_position_metrics(logits, pick(base.true_ids), pick(base.false_ids), pick(base.metrics["pred_token"]),
+                                           pick(base.metrics["pred_token_prob"])))
+    if not parts: return {k: torch.zeros(0) for k in METRICS}
+    return {k: torch.cat([p[k] for p in parts]) for k in METRICS}
+
 def run_conditions(vlm:VLM, batch:Batch, prefix:Prefix, base:Baseline,
                    n:int, # conditions
                    edit, # (k0, k1, segments) -> context manager installing conditions k0..k1-1 for one forward
@@ -615,6 +646,15 @@ def set_contributions(sae, f:torch.Tensor, # latents [n_pos, d_sae]
         out = torch.einsum("psk,skd->spd", coef.to(W.dtype), W[idx])
     return out / float(getattr(sae, "input_scale", 1.0))
 
+def set_keys(f:torch.Tensor, # latents [n_pos, d_sae]
+             sets, # feature sets (lists of ids), or their `set_index`
+            ) -> torch.Tensor:
+    "What each set's contribution depends on: per position and slot its latent (−1 where inactive) and activation, float64 [n_sets, n_pos·k·2]."
+    idx, w = set_index(sets, f.device) if isinstance(sets, list) else sets
+    coef = (f[:, idx].float() * w[None]).double()  # [n_pos, n_sets, k]
+    lat = torch.where(coef != 0, idx[None].double(), -1.0)
+    return torch.stack([lat, coef], -1).transpose(0, 1).reshape(idx.shape[0], -1)
+
 # %% ../nbs/18_forward.ipynb #ddd4538f
 @dataclass
 class Span:
@@ -698,15 +738,17 @@ def ablation_deltas(sae, x:torch.Tensor, # layer activations at the edited posit
 
 # %% ../nbs/18_forward.ipynb #0d2557e5
 def distinct_deltas(d:torch.Tensor, # one row's deltas [n_conditions, n_pos, d]
+                    keys:torch.Tensor|None=None, # [n_conditions, ...]: equal keys, equal deltas (default: the deltas themselves)
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     "(the conditions to run: the first of each distinct non-zero delta, in order; per condition its slot among them, −1 for a zero delta)."
-    n = len(d); flat = d.reshape(n, -1); ar = torch.arange(n, device=d.device)
+    n = len(d); ar = torch.arange(n, device=d.device)
     if n == 0: return ar.cpu(), ar.cpu()
+    flat = (d if keys is None else keys).reshape(n, -1)
     w = torch.linspace(1.0, 2.0, flat.shape[1], dtype=torch.float64, device=d.device)
     _, inv = torch.unique(flat.double() @ w, return_inverse=True)
     rep = torch.full((int(inv.max()) + 1,), n, device=d.device).scatter_reduce(0, inv, ar, "amin")[inv]  # first of its group
     rep = torch.where((flat == flat[rep]).all(1), rep, ar)  # not equal to its group's first (a collision, NaN): runs itself
-    zero = ~flat.any(1)
+    zero = ~d.reshape(n, -1).any(1)
     run = (rep == ar) & ~zero
     slot = torch.where(zero, -1, (run.cumsum(0) - 1)[rep])
     return ar[run].cpu(), slot.cpu()
@@ -715,7 +757,7 @@ def distinct_deltas(d:torch.Tensor, # one row's deltas [n_conditions, n_pos, d]
 def site_conditions(vlm:VLM, batch:Batch, site:int|Site, # the edited site (a layer number: its output)
                     cols:list, # per row its edited positions (absolute; none empty)
                     ids:tuple, # (true, false): first option tokens per row
-                    deltas, # x [n_pos, d] (the site's unedited output at one row's positions) -> [n_conditions, n_pos, d]
+                    deltas, # x [n_pos, d] (the site's unedited output at one row's positions) -> [n_conditions, n_pos, d] (or it and keys, as `distinct_deltas` takes them)
                     n_rows:int=64, # rows (question × condition) per forward
                     segments:bool|None=None, # force the layout (as `run_conditions`)
                     above:list=(), # [(a site above `site`, which -> edit fn)]: live edits; `which` is every edited position's condition
@@ -724,10 +766,11 @@ def site_conditions(vlm:VLM, batch:Batch, site:int|Site, # the edited site (a la
     prefix = Prefix.build(vlm, batch, prefix_length(cols))
     base = run_baseline(vlm, batch, prefix, *ids, layer=site)
     x = [base.hidden[i, c - prefix.upto] for i, c in enumerate(cols)]
-    d = [deltas(xi) for xi in x]  # each [n_conditions, n_pos, d]
+    got = [deltas(xi) for xi in x]
+    d = [g[0] if isinstance(g, tuple) else g for g in got]  # each [n_conditions, n_pos, d]
     S, n = base.hidden.shape[1], d[0].shape[0]
     if above: plan = [(torch.arange(n), torch.arange(n))] * len(d)  # live edits read the condition: every one runs
-    else: plan = [distinct_deltas(di) for di in d]
+    else: plan = [distinct_deltas(di, g[1] if isinstance(g, tuple) else None) for di, g in zip(d, got)]
     m = max(len(k) for k, _ in plan)  # forwards per row: the most distinct non-zero deltas of any row
     dd = [torch.cat([di[k], di.new_zeros(m - len(k), *di.shape[1:])]) for di, (k, _) in zip(d, plan)]  # padded slots
     def edit(k0, k1, seg):  # everything up to the site is the baseline's; its output plus each slot's delta goes on
@@ -736,7 +779,13 @@ def site_conditions(vlm:VLM, batch:Batch, site:int|Site, # the edited site (a la
         pos = condition_positions(cols, r, S, seg)
         live = [(s, dict(fn=make(condition_index(cols, k0, k1)), positions=pos)) for s, make in above]
         return stacked(base.above(vlm, r, seg, pos, delta, prefix.upto), edit_sites(vlm, live))
-    ran = metrics_numpy(run_conditions(vlm, batch, prefix, base, m, edit, n_rows, segments))
+    if not above and (segments is False or (segments is None and (
+            prefix.cache is None or kv_bytes_per_token(vlm) * prefix.upto * n_rows <= 2 ** 28))):  # repeated rows: no padding
+        got = metrics_numpy(run_pairs(vlm, batch, prefix, base, cols, [di[k] for di, (k, _) in zip(d, plan)], n_rows))
+        ran, ends = {k: np.zeros((len(d), m)) for k in METRICS}, np.cumsum([0] + [len(k) for k, _ in plan])
+        for i, (k, _) in enumerate(plan):
+            for key in METRICS: ran[key][i, :len(k)] = got[key][ends[i]:ends[i + 1]]
+    else: ran = metrics_numpy(run_conditions(vlm, batch, prefix, base, m, edit, n_rows, segments))
     same = metrics_numpy(last_position_metrics(base.logits, base.true_ids, base.false_ids, base.metrics["pred_token"],
                                                base.metrics["pred_token_prob"]))  # a zero delta: the unedited run
     idx = np.stack([np.where(s.numpy() >= 0, s.numpy(), m) for _, s in plan])  # slot m: the unedited run
@@ -764,9 +813,12 @@ def span_ablation(span:Span, sets:list, # global feature sets, one condition eac
         return make
     low = span.saes[0]
     index = set_index(parts[0], low.W_dec.device)
-    def deltas(x):
+    def deltas(x):  # the deltas, and keys that group sets with the same active latents and activations (`set_keys`)
         d = ablation_deltas(low, x, index, mode, delta_scale)
-        return torch.cat([d, extra(low, x)]) if extra is not None else d
+        with torch.no_grad(): k = set_keys(low.encode(x.to(low.W_dec.device, low.W_dec.dtype)), index)
+        if extra is None: return d, k
+        e = extra(low, x)  # NaN keys: each extra condition runs
+        return torch.cat([d, e.to(d.dtype)]), torch.cat([k, k.new_full((len(e), k.shape[1]), float("nan"))])
     above = [(s, live(sa, set_index(p, sa.W_dec.device))) for s, sa, p in zip(span.sites[1:], span.saes[1:], parts[1:])
              if extra is not None or mode == "replace" or any(p)]  # a site no set touches (residual mode) is left alone
     return deltas, above

@@ -10,10 +10,11 @@ from typing import Literal
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'METHOD_DIRECTIVES', 'MODEL_STEPS', 'CSV_KEYS', 'Engine',
-           'SPLIT_STEPS', 'Step', 'get_step', 'parse_steps', 'notebooks_dir', 'run_copy', 'StepFailed',
-           'choose_layers_first', 'ensure_before', 'InputsMissing', 'model_problem', 'data_problems', 'pairs_problem',
-           'auto_problems', 'folder_problem', 'check_inputs', 'RunOptions', 'run_pipeline', 'run_summary']
+__all__ = ['log', 'STEPS', 'EXTRA_STEPS', 'TEXT_PROGRESS', 'SMOKE_TAG', 'METHOD_DIRECTIVES', 'RESET_SOURCE', 'MODEL_STEPS',
+           'CSV_KEYS', 'Engine', 'SPLIT_STEPS', 'Step', 'get_step', 'parse_steps', 'notebooks_dir', 'run_copy',
+           'StepKernel', 'StepFailed', 'choose_layers_first', 'ensure_before', 'InputsMissing', 'model_problem',
+           'data_problems', 'pairs_problem', 'auto_problems', 'folder_problem', 'check_inputs', 'RunOptions',
+           'run_pipeline', 'run_summary']
 
 # %% ../nbs/15_pipeline.ipynb #66e69adf
 from .config import (Config, UserError, OBJECT_FLOWS, load_config, config_hash, resolve_experiment_dir, atomic_write_json,
@@ -111,8 +112,34 @@ def run_copy(path, # a step notebook
     nb.cells = [c for i, c in enumerate(nb.cells) if SMOKE_TAG not in tags(c) and (i >= run_at or method(c))]
     return nb
 
-def _run_papermill(step:Step, cfg:Config, exp:Path, overrides:dict, nbs:Path|None=None) -> dict:
-    import papermill as pm
+RESET_SOURCE = ("# This kernel may have run the run's earlier steps: their names are cleared (what they imported stays loaded).\n"
+                "%reset -f")
+
+class StepKernel:
+    "One Jupyter kernel for the papermill steps of a run: started by the first step that needs it, shut down by `close`."
+    def __init__(self): self.km = None
+
+    def get(self, cwd:Path):
+        "The running kernel (started in `cwd` on first use)."
+        if self.km is None:
+            from jupyter_client.utils import run_sync
+            os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # the kernel's debugger warning about frozen modules
+            km = _ipc_kernel_manager()(kernel_name="python3")
+            run_sync(km.start_kernel)(cwd=str(cwd), extra_arguments=[TEXT_PROGRESS])
+            self.km = km
+        return self.km
+
+    def close(self):
+        "Shut the kernel down (if one was started)."
+        if self.km is not None:
+            from jupyter_client.utils import run_sync
+            km, self.km = self.km, None
+            run_sync(km.shutdown_kernel)(now=False)
+
+def _run_papermill(step:Step, cfg:Config, exp:Path, overrides:dict, nbs:Path|None=None,
+                   kernel:StepKernel|None=None, # a kernel shared with the run's other steps (None: a fresh one for this step)
+                  ) -> dict:
+    import papermill as pm, nbformat
     nbs = nbs or notebooks_dir()
     if nbs is None: raise UserError("The step notebooks are not installed here (a wheel install): use --engine direct.")
     out = exp / "notebooks" / step.notebook
@@ -120,10 +147,13 @@ def _run_papermill(step:Step, cfg:Config, exp:Path, overrides:dict, nbs:Path|Non
     params = dict(config_path=str(Path(cfg.source).resolve()), overrides=json.dumps(overrides),
                   experiment_dir=str(exp.resolve()), step=step.name)
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # the kernel's debugger warning about frozen modules
+    nb = run_copy(nbs / step.notebook)
+    if kernel is not None: nb.cells.insert(0, nbformat.v4.new_code_cell(RESET_SOURCE, metadata={"tags": ["fresh-namespace"]}))
+    how = (dict(km=kernel.get(nbs)) if kernel is not None else
+           dict(kernel_manager_class=_ipc_kernel_manager(), extra_arguments=[TEXT_PROGRESS]))
     try:  # the notebook's own output (its progress bars) streams to stderr, as the direct engine's does
-        pm.execute_notebook(run_copy(nbs / step.notebook), str(out), parameters=params, kernel_name="python3", language="python",
-                            cwd=str(nbs), progress_bar=False, log_output=False, stdout_file=sys.stderr, stderr_file=sys.stderr,
-                            kernel_manager_class=_ipc_kernel_manager(), extra_arguments=[TEXT_PROGRESS])
+        pm.execute_notebook(nb, str(out), parameters=params, kernel_name="python3", language="python", cwd=str(nbs),
+                            progress_bar=False, log_output=False, stdout_file=sys.stderr, stderr_file=sys.stderr, **how)
     except pm.PapermillExecutionError as e:
         raise StepFailed(f"step {step.name} failed in cell {e.exec_count} of {out}: {e.ename}: {e.evalue}") from None
     return {}
@@ -337,6 +367,15 @@ def _run_steps(cfg:Config, exp:Path, todo:list, o:RunOptions, overrides=None) ->
     manifest = _read_manifest(exp, cfg)
     if D.world_size() > 1: manifest["distributed"] = D.record({"rank": D.rank()})
     finished = D.run_on_main(lambda: [s.name for s in todo if step_done(exp, s.name, cfg)])  # decided once, for every rank
+    kernel = StepKernel() if o.engine != "direct" else None  # the papermill steps share one kernel (one start, one import)
+    try: _steps_in_order(cfg, exp, todo, o, overrides, manifest, finished, kernel)
+    finally:
+        if kernel is not None: kernel.close()
+    if D.is_main(): atomic_write_json(exp / "manifest.json", manifest)
+    return manifest
+
+def _steps_in_order(cfg:Config, exp:Path, todo:list, o:RunOptions, overrides, manifest:dict, finished:list, kernel):
+    "Run `todo` in order (the finished ones skipped unless forced), recording each in `manifest`."
     for step in todo:
         if step.name in finished and not o.force:
             log.info("step %s already finished with this config: skipped", step.name)
@@ -346,7 +385,7 @@ def _run_steps(cfg:Config, exp:Path, todo:list, o:RunOptions, overrides=None) ->
         log.info("step %d: %s", step.number, step.name)
         try:
             if step.name == "train": choose_layers_first(cfg, exp)  # model.target_layer: auto
-            if o.engine != "direct": _run_papermill(step, cfg, exp, overrides or {})
+            if o.engine != "direct": _run_papermill(step, cfg, exp, overrides or {}, kernel=kernel)
             elif step.name in SPLIT_STEPS or D.world_size() == 1: _call(step.function, cfg, exp)  # every rank takes part
             else: D.run_on_main(lambda: _call(step.function, cfg, exp), f"step {step.name}")
             rec = D.record({"did": "its share", **D.shares()} if step.name in SPLIT_STEPS else
@@ -359,8 +398,6 @@ def _run_steps(cfg:Config, exp:Path, todo:list, o:RunOptions, overrides=None) ->
         manifest["steps"][step.name] = {"status": "done", "wall_s": round(time.time() - t0, 3), "engine": o.engine,
                                         "config_hash": config_hash(cfg), **({"distributed": rec} if rec else {})}
         if D.is_main(): atomic_write_json(exp / "manifest.json", manifest)
-    if D.is_main(): atomic_write_json(exp / "manifest.json", manifest)
-    return manifest
 
 def _read_manifest(exp:Path, cfg:Config) -> dict:
     import torch
