@@ -19,8 +19,8 @@ __all__ = ['FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'e
            'plan_batches', 'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout',
            'segment_blocks', 'condition_blocks', 'Baseline', 'run_baseline', 'run_pairs', 'run_conditions',
            'metrics_numpy', 'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions', 'set_keys', 'Span',
-           'stacked', 'condition_index', 'ablation_deltas', 'distinct_deltas', 'site_conditions', 'span_ablation',
-           'remove_sets']
+           'stacked', 'condition_index', 'ablation_deltas', 'distinct_deltas', 'site_conditions', 'run_distinct',
+           'span_ablation', 'remove_sets']
 
 # %% ../nbs/18_forward.ipynb #9634836e
 from .config import Config, target_layers, EditPosition, AblationMode, Flow, Hook, OBJECT_FLOWS
@@ -768,30 +768,45 @@ def site_conditions(vlm:VLM, batch:Batch, site:int|Site, # the edited site (a la
     x = [base.hidden[i, c - prefix.upto] for i, c in enumerate(cols)]
     got = [deltas(xi) for xi in x]
     d = [g[0] if isinstance(g, tuple) else g for g in got]  # each [n_conditions, n_pos, d]
-    S, n = base.hidden.shape[1], d[0].shape[0]
-    if above: plan = [(torch.arange(n), torch.arange(n))] * len(d)  # live edits read the condition: every one runs
-    else: plan = [distinct_deltas(di, g[1] if isinstance(g, tuple) else None) for di, g in zip(d, got)]
-    m = max(len(k) for k, _ in plan)  # forwards per row: the most distinct non-zero deltas of any row
-    dd = [torch.cat([di[k], di.new_zeros(m - len(k), *di.shape[1:])]) for di, (k, _) in zip(d, plan)]  # padded slots
-    def edit(k0, k1, seg):  # everything up to the site is the baseline's; its output plus each slot's delta goes on
+    if not above:
+        out = run_distinct(vlm, batch, prefix, base, cols, d, [g[1] if isinstance(g, tuple) else None for g in got], n_rows, segments)
+        return metrics_numpy(base.metrics), out, x
+    S = base.hidden.shape[1]
+    def edit(k0, k1, seg):  # live edits read each position's condition: every condition runs
         r = k1 - k0
-        delta = torch.cat([di[k0:k1].reshape(-1, di.shape[-1]) for di in dd])  # row-major: question, slot, position
+        delta = torch.cat([di[k0:k1].reshape(-1, di.shape[-1]) for di in d])  # row-major: question, condition, position
         pos = condition_positions(cols, r, S, seg)
         live = [(s, dict(fn=make(condition_index(cols, k0, k1)), positions=pos)) for s, make in above]
         return stacked(base.above(vlm, r, seg, pos, delta, prefix.upto), edit_sites(vlm, live))
-    if not above and (segments is False or (segments is None and (
-            prefix.cache is None or kv_bytes_per_token(vlm) * prefix.upto * n_rows <= 2 ** 28))):  # repeated rows: no padding
+    return metrics_numpy(base.metrics), metrics_numpy(run_conditions(vlm, batch, prefix, base, d[0].shape[0], edit, n_rows, segments)), x
+
+def run_distinct(vlm:VLM, batch:Batch, prefix:Prefix, base:Baseline, # the batch, its prefix and its baseline (recording the site)
+                 cols:list, # per row its edited positions (absolute)
+                 d:list, # per row [n_conditions, n_pos, d]: what each condition adds at its positions
+                 keys:list, # per row the keys of its conditions for `distinct_deltas` (None: the deltas' bits)
+                 n_rows:int=64, # rows per forward
+                 segments:bool|None=None, # force the layout (as `run_conditions`)
+                ) -> dict:
+    "Metrics {m: [B, n_conditions]}: one forward per distinct non-zero delta of a row, the rest read from it or from the unedited run."
+    plan = [distinct_deltas(di, ki) for di, ki in zip(d, keys)]
+    m = max(len(k) for k, _ in plan)  # the most distinct non-zero deltas of any row
+    if segments is False or (segments is None and (prefix.cache is None or kv_bytes_per_token(vlm) * prefix.upto * n_rows <= 2 ** 28)):
         got = metrics_numpy(run_pairs(vlm, batch, prefix, base, cols, [di[k] for di, (k, _) in zip(d, plan)], n_rows))
         ran, ends = {k: np.zeros((len(d), m)) for k in METRICS}, np.cumsum([0] + [len(k) for k, _ in plan])
-        for i, (k, _) in enumerate(plan):
+        for i, (k, _) in enumerate(plan):  # repeated rows, packed without padding
             for key in METRICS: ran[key][i, :len(k)] = got[key][ends[i]:ends[i + 1]]
-    else: ran = metrics_numpy(run_conditions(vlm, batch, prefix, base, m, edit, n_rows, segments))
+    else:  # segments of one row: every row holds m, padded with zero deltas
+        S = base.hidden.shape[1]
+        dd = [torch.cat([di[k], di.new_zeros(m - len(k), *di.shape[1:])]) for di, (k, _) in zip(d, plan)]
+        def edit(k0, k1, seg):
+            r = k1 - k0
+            delta = torch.cat([di[k0:k1].reshape(-1, di.shape[-1]) for di in dd])  # row-major: question, slot, position
+            return base.above(vlm, r, seg, condition_positions(cols, r, S, seg), delta, prefix.upto)
+        ran = metrics_numpy(run_conditions(vlm, batch, prefix, base, m, edit, n_rows, segments))
     same = metrics_numpy(last_position_metrics(base.logits, base.true_ids, base.false_ids, base.metrics["pred_token"],
                                                base.metrics["pred_token_prob"]))  # a zero delta: the unedited run
     idx = np.stack([np.where(s.numpy() >= 0, s.numpy(), m) for _, s in plan])  # slot m: the unedited run
-    out = {k: np.take_along_axis(np.concatenate([ran[k], same[k][:, None]], 1), idx, 1) for k in METRICS}
-    return metrics_numpy(base.metrics), out, x
-
+    return {k: np.take_along_axis(np.concatenate([ran[k], same[k][:, None]], 1), idx, 1) for k in METRICS}
 
 # %% ../nbs/18_forward.ipynb #a6bb04c8
 def span_ablation(span:Span, sets:list, # global feature sets, one condition each

@@ -24,7 +24,7 @@ from .data import image_paths
 from .vlm import VLM, Batch, option_token_ids, positions_found, scorable
 from .forward import (Prefix, SetAblation, prefix_length, run_baseline, run_conditions, metrics_numpy,
                                  condition_positions, plan_batches, set_index, set_contributions,
-                                 Span, stacked, condition_index, edit_sites, capture)
+                                 Span, stacked, condition_index, edit_sites, capture, set_keys, run_distinct)
 from .stats import bootstrap_ci, permutation_p
 from .distributed import map_batches
 
@@ -155,7 +155,7 @@ def interchange_batch(vlm:VLM, batch:Batch, # base questions encoded with pad_at
     smr = run_baseline(vlm, same, Prefix.build(vlm, same, upto), *ids, layer=lo) if same is not None else None
     off = prefix.upto  # where every run's recorded layer output starts (0 without a cache)
     index, nf = set_index(parts[0], low.W_dec.device), len(FIXED_CONDITIONS)
-    deltas = []
+    deltas, keys = [], []
     for i, (c, o) in enumerate(zip(cols, other)):
         at = lambda run, pos: run.hidden[i, pos - off]
         x, xo = at(base, c), at(base, o)
@@ -168,23 +168,30 @@ def interchange_batch(vlm:VLM, batch:Batch, # base questions encoded with pad_at
             cond[2, :nc] = interchange_deltas(low, x, at(smr, c), [parts[0][0]])[0]
             cond[3, :nc] = at(smr, c) - x
         deltas.append(cond)
-    S = base.hidden.shape[1]
-    ui = (torch.cat([torch.full_like(u, i) for i, u in enumerate(union)]), torch.cat(union))
-    scene = lambda b: {s: list(v.split([len(u) for u in union])) for s, v in capture(vlm, span.sites[1:], b, ui).items()}
-    above = [(s, sa, set_index(p, sa.W_dec.device), set_index([p[0]], sa.W_dec.device)) for s, sa, p in
-             zip(span.sites[1:], span.saes[1:], parts[1:])]  # every fixed condition edits every site
-    cf_up, same_up = (scene(cf), scene(same) if same is not None else None) if above else (None, None)
-    kind_at = [torch.arange(len(u)) < len(c) for u, c in zip(union, cols)]
-    def edit(k0, k1, seg):
-        r = k1 - k0
-        delta = torch.cat([d[k0:k1].reshape(-1, d.shape[-1]) for d in deltas])  # question, condition, position
-        pos, which = condition_positions(union, r, S, seg), condition_index(union, k0, k1)
-        per_pos = lambda vals: torch.cat([v.repeat(r, 1) for v in vals])  # (question, condition, position), as `pos`
-        at_kind = torch.cat([m.repeat(r) for m in kind_at])
-        live = [(s, dict(fn=_live_swap(sa, ix, sx, which, at_kind, per_pos(cf_up[s]), per_pos(same_up[s]) if same_up else None),
-                         positions=pos)) for s, sa, ix, sx in above]
-        return stacked(base.above(vlm, r, seg, pos, delta, prefix.upto), edit_sites(vlm, live))
-    out = metrics_numpy(run_conditions(vlm, batch, prefix, base, nf + len(sets), edit, n_rows))
+        with torch.no_grad():  # a set whose latents have the same values in both scenes changes nothing (NaN: always runs)
+            enc = lambda v: low.encode(v.to(low.W_dec.device, low.W_dec.dtype))
+            k = set_keys(enc(at(cfr, c)) - enc(x), index)
+        keys.append(torch.cat([k.new_full((nf, k.shape[1]), float("nan")), k]))
+    if not span.sites[1:]:  # one site: conditions with equal deltas share a forward, as in the ablation
+        out = run_distinct(vlm, batch, prefix, base, union, deltas, keys, n_rows)
+    else:  # a span: the sites above read each position's condition live, so every condition runs
+        S = base.hidden.shape[1]
+        ui = (torch.cat([torch.full_like(u, i) for i, u in enumerate(union)]), torch.cat(union))
+        scene = lambda b: {s: list(v.split([len(u) for u in union])) for s, v in capture(vlm, span.sites[1:], b, ui).items()}
+        above = [(s, sa, set_index(p, sa.W_dec.device), set_index([p[0]], sa.W_dec.device)) for s, sa, p in
+                 zip(span.sites[1:], span.saes[1:], parts[1:])]  # every fixed condition edits every site
+        cf_up, same_up = (scene(cf), scene(same) if same is not None else None) if above else (None, None)
+        kind_at = [torch.arange(len(u)) < len(c) for u, c in zip(union, cols)]
+        def edit(k0, k1, seg):
+            r = k1 - k0
+            delta = torch.cat([d[k0:k1].reshape(-1, d.shape[-1]) for d in deltas])  # question, condition, position
+            pos, which = condition_positions(union, r, S, seg), condition_index(union, k0, k1)
+            per_pos = lambda vals: torch.cat([v.repeat(r, 1) for v in vals])  # (question, condition, position), as `pos`
+            at_kind = torch.cat([m.repeat(r) for m in kind_at])
+            live = [(s, dict(fn=_live_swap(sa, ix, sx, which, at_kind, per_pos(cf_up[s]), per_pos(same_up[s]) if same_up else None),
+                             positions=pos)) for s, sa, ix, sx in above]
+            return stacked(base.above(vlm, r, seg, pos, delta, prefix.upto), edit_sites(vlm, live))
+        out = metrics_numpy(run_conditions(vlm, batch, prefix, base, nf + len(sets), edit, n_rows))
     return dict(baseline=metrics_numpy(base.metrics), counterfactual=metrics_numpy(cfr.metrics),
                 same=metrics_numpy(smr.metrics) if smr is not None else None,
                 fixed={m: v[:, :nf] for m, v in out.items()}, sets={m: v[:, nf:] for m, v in out.items()})
