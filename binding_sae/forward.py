@@ -17,10 +17,10 @@ import torch
 __all__ = ['FLOWS', 'METRICS', 'Site', 'as_site', 'capture', 'edit_residual', 'edit_sites', 'prefix_length', 'prefix_cache',
            'extend_cache', 'run_suffix', 'segment_mask', 'run_segments', 'uncached', 'Prefix', 'kv_bytes_per_token',
            'plan_batches', 'upper_layers_only', 'condition_positions', 'knockout_layers', 'flow_blocks', 'knockout',
-           'segment_blocks', 'condition_blocks', 'Baseline', 'run_baseline', 'run_pairs', 'run_conditions',
-           'metrics_numpy', 'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions', 'set_keys', 'Span',
-           'stacked', 'condition_index', 'ablation_deltas', 'distinct_deltas', 'site_conditions', 'run_distinct',
-           'span_ablation', 'remove_sets']
+           'segment_blocks', 'condition_blocks', 'Baseline', 'run_baseline', 'use_segments', 'run_pairs',
+           'run_conditions', 'metrics_numpy', 'ConditionRecord', 'SetAblation', 'set_index', 'set_contributions',
+           'set_keys', 'Span', 'stacked', 'condition_index', 'ablation_deltas', 'distinct_deltas', 'site_conditions',
+           'run_distinct', 'span_ablation', 'remove_sets']
 
 # %% ../nbs/18_forward.ipynb #9634836e
 from .config import Config, target_layers, EditPosition, AblationMode, Flow, Hook, OBJECT_FLOWS
@@ -516,6 +516,12 @@ def run_baseline(vlm:VLM, batch:Batch, prefix:Prefix, true_ids:torch.Tensor, fal
         out.inputs = store["in"].detach() if "in" in store else None
     return out
 
+def use_segments(vlm:VLM, prefix:Prefix, rows:int, # rows of one forward
+                 segments:bool|None=None, # force the layout
+                ) -> bool:
+    "Whether a forward of `rows` rows runs them as segments of shared-prefix rows: as forced, else when repeating the cache would copy > 256 MB (never without a cache)."
+    return prefix.cache is not None and (segments if segments is not None else kv_bytes_per_token(vlm) * prefix.upto * rows > 2 ** 28)
+
 def run_pairs(vlm:VLM, batch:Batch, prefix:Prefix, base:Baseline,
               cols:list, # per row its edited positions (absolute)
               deltas:list, # per row [n_i, n_pos, d]: what each of its n_i forwards adds at its positions
@@ -548,8 +554,7 @@ def run_conditions(vlm:VLM, batch:Batch, prefix:Prefix, base:Baseline,
     B = len(batch); per, parts = max(1, n_rows // B), []
     for k0 in range(0, n, per):
         k1 = min(n, k0 + per); r = k1 - k0
-        seg = prefix.cache is not None and (segments if segments is not None else
-                                            kv_bytes_per_token(vlm) * prefix.upto * B * r > 2 ** 28)
+        seg = use_segments(vlm, prefix, B * r, segments)
         with edit(k0, k1, seg): logits = prefix.run(vlm, batch, r, seg)
         rep = lambda t: t.repeat_interleave(r, 0)
         m = last_position_metrics(logits, rep(base.true_ids), rep(base.false_ids), rep(base.metrics["pred_token"]),
@@ -790,7 +795,7 @@ def run_distinct(vlm:VLM, batch:Batch, prefix:Prefix, base:Baseline, # the batch
     "Metrics {m: [B, n_conditions]}: one forward per distinct non-zero delta of a row, the rest read from it or from the unedited run."
     plan = [distinct_deltas(di, ki) for di, ki in zip(d, keys)]
     m = max(len(k) for k, _ in plan)  # the most distinct non-zero deltas of any row
-    if segments is False or (segments is None and (prefix.cache is None or kv_bytes_per_token(vlm) * prefix.upto * n_rows <= 2 ** 28)):
+    if not use_segments(vlm, prefix, n_rows, segments):
         got = metrics_numpy(run_pairs(vlm, batch, prefix, base, cols, [di[k] for di, (k, _) in zip(d, plan)], n_rows))
         ran, ends = {k: np.zeros((len(d), m)) for k in METRICS}, np.cumsum([0] + [len(k) for k, _ in plan])
         for i, (k, _) in enumerate(plan):  # repeated rows, packed without padding

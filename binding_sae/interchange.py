@@ -168,6 +168,7 @@ def interchange_batch(vlm:VLM, batch:Batch, # base questions encoded with pad_at
             cond[2, :nc] = interchange_deltas(low, x, at(smr, c), [parts[0][0]])[0]
             cond[3, :nc] = at(smr, c) - x
         deltas.append(cond)
+        if span.sites[1:]: continue  # a span runs every condition: no keys
         with torch.no_grad():  # a set whose latents have the same values in both scenes changes nothing (NaN: always runs)
             enc = lambda v: low.encode(v.to(low.W_dec.device, low.W_dec.dtype))
             k = set_keys(enc(at(cfr, c)) - enc(x), index)
